@@ -1,0 +1,1 @@
+"""The policy as executed: compiled once from the model into immutable objects."""

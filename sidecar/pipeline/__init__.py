@@ -1,0 +1,1 @@
+"""The request pipeline: context, verdicts, the Step protocol and the engine."""

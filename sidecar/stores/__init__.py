@@ -1,0 +1,1 @@
+"""Shared state: one Store protocol, an in-process and a Redis implementation."""

@@ -1,0 +1,202 @@
+"""``abuse-sidecar serve``: assembles the process and runs it until SIGTERM.
+
+With ``--workers 1`` one process serves gRPC and admin HTTP. With ``--workers N``
+this process is a supervisor: it serves admin HTTP (aggregating the workers'
+metrics) and runs N worker processes, worker i serving gRPC on the gRPC port + i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from sidecar.compiled.resources import Resources
+from sidecar.compiled.snapshot import PolicyRegistry, PolicySnapshot
+from sidecar.errors import StoreUnavailable
+from sidecar.observability import metrics
+from sidecar.pipeline.engine import Engine
+from sidecar.server.admin import AdminServer, Readiness
+from sidecar.server.authz import Authorizer
+from sidecar.server.grpc_server import GrpcServer
+from sidecar.settings import WORKER_ENV, Settings
+from sidecar.sources.files import FilePolicySource
+from sidecar.stores.base import Store
+from sidecar.stores.memory import MemoryStore
+
+log = logging.getLogger("sidecar.app")
+
+
+def open_store(settings: Settings) -> Store:
+    if not settings.redis_url or settings.redis_url.startswith("memory:"):
+        return MemoryStore()
+    from sidecar.stores.open import open_store as open_url
+
+    return open_url(
+        settings.redis_url,
+        command_timeout_ms=settings.store_timeout_ms,
+        on_error=lambda store: metrics.STORE_ERRORS.labels(store).inc(),
+    )
+
+
+def _publish_policy_gauge(snapshot: PolicySnapshot) -> None:
+    counts = {"ready": 0, "invalid": 0}
+    for state in snapshot.states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    for state, count in counts.items():
+        metrics.POLICIES.labels(state).set(count)
+
+
+class Application:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.resources = Resources()
+        self.store: Store = MemoryStore()
+        self.registry = PolicyRegistry(self.resources, settings.default_policy)
+        self.registry.subscribe(_publish_policy_gauge)
+        self.files = FilePolicySource(self.registry, settings.policies)
+        self._closers: list[Any] = []
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self.grpc: GrpcServer | None = None
+        self.admin: AdminServer | None = None
+
+    @property
+    def is_worker(self) -> bool:
+        return self.settings.worker_index is not None
+
+    @property
+    def serves_grpc(self) -> bool:
+        return self.is_worker or self.settings.workers == 1
+
+    async def _open_resources(self) -> None:
+        s = self.settings
+        if s.geoip:
+            from sidecar.iprep.mmdb import GeoIpDatabases
+
+            geoip = GeoIpDatabases(list(s.geoip))
+            await geoip.start()
+            self.resources.geoip = geoip
+            self._closers.append(geoip.aclose)
+        try:  # TEMPORARY until identity lands
+            from sidecar.identity.api_keys import SecretKeyTable
+            from sidecar.identity.jwks import JwksRegistry
+        except ImportError:
+            return
+        jwks = JwksRegistry()
+        await jwks.start()
+        self.resources.jwks = jwks
+        self.resources.secret_keys = SecretKeyTable()
+        self._closers.append(jwks.aclose)
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._open_resources()
+        self.store = open_store(s)
+        self._closers.append(self.store.close)
+        self.files.load_all()
+        await self.files.start()
+        self._closers.append(self.files.aclose)
+        if self.serves_grpc:
+            authorizer = Authorizer(self.registry, Engine(self.store, MemoryStore()))
+            self.grpc = GrpcServer(authorizer, s.grpc_listen_for_worker())
+            await self.grpc.start()
+        else:
+            self._spawn_workers()
+        if not self.is_worker:
+            self.admin = AdminServer(s.admin_listen, self.readiness, self.policies_view)
+            await self.admin.start()
+
+    def _spawn_workers(self) -> None:
+        for index in range(self.settings.workers):
+            env = dict(os.environ)
+            env[WORKER_ENV] = str(index)
+            argv = [sys.executable, "-m", "sidecar", *sys.argv[1:]]
+            self._workers.append(subprocess.Popen(argv, env=env))  # noqa: S603
+        log.info("started %d worker processes", len(self._workers))
+
+    async def readiness(self) -> Readiness:
+        reasons: list[str] = []
+        snapshot = self.registry.current
+        if not self.registry.initialised:
+            reasons.append("policies not loaded yet")
+        try:
+            await asyncio.wait_for(self.store.ping(), 1.0)
+            store_state = "up"
+        except (StoreUnavailable, TimeoutError) as exc:
+            reasons.append(f"store {self.store.name} unavailable: {exc}")
+            store_state = "down"
+        dead = [i for i, w in enumerate(self._workers) if w.poll() is not None]
+        if dead:
+            reasons.append(f"worker processes exited: {dead}")
+        details: dict[str, Any] = {
+            "policies": snapshot.loaded,
+            "store": {"name": self.store.name, "state": store_state},
+            "workers": self.settings.workers,
+        }
+        geoip = self.resources.geoip
+        if geoip is not None:
+            details["geoip"] = geoip.describe()
+        return Readiness(not reasons, reasons, details)
+
+    def policies_view(self) -> dict[str, Any]:
+        snapshot = self.registry.current
+        by_id = snapshot.index.by_id
+        out: dict[str, Any] = {
+            "generation": snapshot.version,
+            "policies": [
+                {**state.as_dict(), "hosts": list(by_id[state.id].hosts) if state.id in by_id else [],
+                 "mode": "shadow" if state.id in by_id and by_id[state.id].shadow else "enforce"}
+                for state in snapshot.states
+            ],
+            "sourceErrors": dict(snapshot.source_errors),
+            "conflicts": [{"host": c.host, "policies": list(c.policies)} for c in snapshot.index.conflicts],
+        }
+        if self.resources.geoip is not None:
+            out["geoip"] = self.resources.geoip.describe()
+        return out
+
+    async def stop(self) -> None:
+        grace = self.settings.drain_seconds
+        if self.grpc is not None:
+            await self.grpc.stop(grace)
+        for worker in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signal.SIGTERM)
+        for worker in self._workers:
+            try:
+                await asyncio.to_thread(worker.wait, grace + 5)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if self.admin is not None:
+            await self.admin.stop()
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+async def run(settings: Settings) -> int:
+    app = Application(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    log.info("abuse-sidecar ready (%d policies)", app.registry.current.loaded)
+    await stop.wait()
+    log.info("shutting down: draining in-flight checks")
+    await app.stop()
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(run(settings))
+    except ImportError:
+        return asyncio.run(run(settings))

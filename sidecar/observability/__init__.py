@@ -1,0 +1,1 @@
+"""Metrics, traces and decision logs (CONTRACT.md section 5)."""

@@ -1,0 +1,99 @@
+"""The Check handler: CheckRequest → RequestContext → engine → CheckResponse.
+
+It never raises. An undecodable request gets a 400; an unexpected error inside
+the pipeline follows the bound policy's failureMode (closed: 503, open: allow),
+is logged with its trace, and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from google.protobuf.message import DecodeError
+
+from sidecar.compiled.policy import CompiledPolicy
+from sidecar.compiled.snapshot import PolicyRegistry
+from sidecar.observability import metrics
+from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.engine import Engine
+from sidecar.pipeline.verdict import Decision, Deny, Reason
+from sidecar.server import responses
+from sidecar.server.requests import context_from_check
+
+log = logging.getLogger("sidecar.authz")
+
+DecisionHook = Callable[[RequestContext, Decision], None]
+_INTERNAL = Deny(Reason.STORE_UNAVAILABLE, "internal", "Abuse protection is temporarily unavailable.")
+
+
+def lenient_check_request(data: bytes) -> CheckRequest | None:
+    """gRPC deserializer that turns undecodable bytes into None instead of an RPC error."""
+    try:
+        return CheckRequest.FromString(data)
+    except DecodeError:
+        return None
+
+
+class Authorizer:
+    """Shared by the gRPC Check handler, Explain and the offline ``check`` command."""
+
+    def __init__(self, registry: PolicyRegistry, engine: Engine, on_decision: DecisionHook | None = None) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.on_decision = on_decision
+        self._no_policy = responses.allow_without_policy()
+        self._counters: dict[tuple[str, str, str], Any] = {}
+
+    def bind(self, ctx: RequestContext) -> CompiledPolicy | None:
+        return self.registry.current.index.bind(ctx.host, ctx.context_extensions)
+
+    async def decide(self, ctx: RequestContext, policy: CompiledPolicy) -> Decision:
+        try:
+            decision = await self.engine.decide(ctx, policy)
+        except Exception:
+            log.exception("internal error while evaluating policy %s", policy.id)
+            decision = Decision(allowed=not policy.failure_closed, policy=policy.id)
+            if policy.failure_closed:
+                decision.deny = _INTERNAL
+            else:
+                decision.shadow = _INTERNAL
+        self._count(decision)
+        if self.on_decision is not None:
+            self.on_decision(ctx, decision)
+        return decision
+
+    def _count(self, decision: Decision) -> None:
+        key = (decision.policy, "allow" if decision.deny is None else "deny", decision.reason)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.DECISIONS.labels(*key)
+        counter.inc()
+
+    async def check(self, request: CheckRequest | None) -> CheckResponse:
+        started = time.perf_counter()
+        policy: CompiledPolicy | None = None
+        try:
+            if request is None:
+                return responses.malformed_request()
+            ctx = context_from_check(request)
+            policy = self.bind(ctx)
+            if policy is None:
+                self._count(Decision(allowed=True, policy="none"))
+                return self._no_policy
+            decision = await self.decide(ctx, policy)
+            return responses.render(decision, ctx.client_ip)
+        except Exception:
+            log.exception("internal error while answering a Check")
+            if policy is not None and policy.failure_closed:
+                return responses.render(Decision(allowed=False, policy=policy.id, deny=_INTERNAL), "")
+            return self._no_policy
+        finally:
+            metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+
+    async def Check(self, request: CheckRequest | None, context: grpc.aio.ServicerContext) -> CheckResponse:  # noqa: N802
+        return await self.check(request)

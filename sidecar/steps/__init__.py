@@ -1,0 +1,1 @@
+"""One module per concern, each a Step (see ``sidecar/pipeline/step.py``)."""

@@ -1,0 +1,250 @@
+-- One Check's store plan, executed atomically (sidecar/stores/base.py).
+--
+-- KEYS: every key the plan touches, in operation order.
+-- ARGV[1]: "1" for a shadow plan (run everything, never stop at a deny).
+-- ARGV[2..]: the operations, each a code followed by its parameters:
+--   A n d1..dn               ActiveCheck over n keys; di "1" when key i denies
+--   R                        RevocationCheck over 1 key
+--   L n (alg limit period burst cost)*n
+--                            LimitCheck over n keys; alg s|t|f (sliding_window,
+--                            token_bucket, fixed_window); period in ms
+--   C threshold period ttl   CohortCount over 2 keys (counter, member)
+--   B n ttl value            BlockSet over n keys
+--
+-- Reply: {ran, ...} where ran is how many operations ran, followed by each
+-- operation's fields:
+--   A: (value or nil, pttl)*n      R: revoked(0|1)
+--   L: allowed(0|1) (remaining reset_ms retry_after_ms)*n
+--   C: count became_member(0|1) member(0|1)      B: 1
+--
+-- The arithmetic is sidecar/ratelimit/algorithms.py, integer for integer: all
+-- numbers stay below 2^53, where Lua's doubles are exact, and division goes
+-- through idiv so that it floors exactly as Python's // does.
+-- Time is the server's TIME, so every replica agrees on window boundaries.
+
+if redis.replicate_commands then
+  redis.replicate_commands() -- Redis < 5: allow writes after TIME
+end
+
+local time = redis.call('TIME')
+local now_s, now_frac = tonumber(time[1]), tonumber(time[2])
+local now_us = now_s * 1000000 + now_frac
+local now_ms = now_s * 1000 + math.floor(now_frac / 1000)
+
+local function idiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+local function ceil_div(a, b)
+  return -idiv(-a, b)
+end
+
+-- (window, current, previous, elapsed) of a sliding state at now_ms.
+local function slide(raw, period)
+  local window = idiv(now_ms, period)
+  local elapsed = now_ms - window * period
+  local current, previous = 0, 0
+  if raw then
+    local w, c, p = string.match(raw, '^(%-?%d+) (%d+) (%d+)$')
+    if w then
+      w, c, p = tonumber(w), tonumber(c), tonumber(p)
+      if w >= window then
+        window, current, previous = w, c, p
+      elseif w == window - 1 then
+        previous = c
+      end
+    end
+  end
+  return window, current, previous, elapsed
+end
+
+-- Each limit answers {allowed, remaining, reset_ms, retry_after_ms, state, ttl_ms}.
+local function sliding_window(raw, limit, period, cost)
+  local window, current, previous, elapsed = slide(raw, period)
+  local window_left = period - elapsed
+  local used = previous * window_left + current * period
+  local capacity = limit * period
+  local need = cost * period
+  if used + need <= capacity then
+    return {true, idiv(capacity - used - need, period), window_left, 0,
+      string.format('%d %d %d', window, current + cost, previous), window_left + period}
+  end
+  local retry
+  if cost > limit then
+    retry = window_left + period
+  elseif current + cost <= limit then
+    retry = period - idiv((limit - current - cost) * period, previous) - elapsed
+  else
+    retry = window_left + period - idiv((limit - cost) * period, current)
+  end
+  return {false, idiv(math.max(0, capacity - used), period), retry, retry}
+end
+
+local function fixed_window(raw, limit, period, cost)
+  local window = idiv(now_ms, period)
+  local elapsed = now_ms - window * period
+  local count = 0
+  if raw then
+    local w, c = string.match(raw, '^(%-?%d+) (%d+)$')
+    if w and tonumber(w) >= window then
+      window, count = tonumber(w), tonumber(c)
+    end
+  end
+  local window_left = period - elapsed
+  if count + cost <= limit then
+    return {true, limit - count - cost, window_left, 0,
+      string.format('%d %d', window, count + cost), window_left}
+  end
+  return {false, math.max(0, limit - count), window_left, window_left}
+end
+
+local function token_bucket(raw, limit, period, burst, cost)
+  local interval = ceil_div(period * 1000, limit)
+  if burst == 0 then
+    burst = limit
+  end
+  local capacity = burst * interval
+  local tat = now_us
+  local stored = raw and tonumber(raw)
+  if stored and stored > now_us then
+    tat = stored
+  end
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - capacity
+  if allow_at <= now_us then
+    local full_in = ceil_div(new_tat - now_us, 1000)
+    return {true, idiv(capacity - (new_tat - now_us), interval), full_in, 0,
+      string.format('%d', new_tat), math.max(1, full_in)}
+  end
+  local retry = ceil_div(allow_at - now_us, 1000)
+  return {false, math.max(0, idiv(capacity - (tat - now_us), interval)), retry, retry}
+end
+
+local shadow = ARGV[1] == '1'
+local out = {0}
+local n_out = 1
+local a = 2 -- ARGV cursor
+local k = 1 -- KEYS cursor
+local ran = 0
+local nargs = #ARGV
+
+while a <= nargs do
+  local op = ARGV[a]
+  local denies = false
+  if op == 'A' then
+    local n = tonumber(ARGV[a + 1])
+    for i = 1, n do
+      local key = KEYS[k]
+      local value = redis.call('GET', key)
+      if value then
+        out[n_out + 1] = value
+        out[n_out + 2] = math.max(1, redis.call('PTTL', key))
+        if ARGV[a + 1 + i] == '1' then
+          denies = true
+        end
+      else
+        out[n_out + 1] = false
+        out[n_out + 2] = 0
+      end
+      n_out = n_out + 2
+      k = k + 1
+    end
+    a = a + 2 + n
+  elseif op == 'R' then
+    local revoked = redis.call('EXISTS', KEYS[k])
+    out[n_out + 1] = revoked
+    n_out = n_out + 1
+    denies = revoked == 1
+    k = k + 1
+    a = a + 1
+  elseif op == 'L' then
+    local n = tonumber(ARGV[a + 1])
+    a = a + 2
+    local answers = {}
+    local costs = {}
+    local all = true
+    for i = 1, n do
+      local alg = ARGV[a]
+      local limit, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+      local burst, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+      local raw = redis.call('GET', KEYS[k + i - 1])
+      local answer
+      if alg == 's' then
+        answer = sliding_window(raw, limit, period, cost)
+      elseif alg == 't' then
+        answer = token_bucket(raw, limit, period, burst, cost)
+      else
+        answer = fixed_window(raw, limit, period, cost)
+      end
+      answers[i] = answer
+      costs[i] = cost
+      if not answer[1] then
+        all = false
+      end
+      a = a + 5
+    end
+    out[n_out + 1] = all and 1 or 0
+    n_out = n_out + 1
+    for i = 1, n do
+      local answer = answers[i]
+      local remaining = answer[2]
+      if all then
+        redis.call('SET', KEYS[k + i - 1], answer[5], 'PX', answer[6])
+      elseif answer[1] then
+        remaining = remaining + costs[i] -- had room, but nothing was consumed
+      end
+      out[n_out + 1] = remaining
+      out[n_out + 2] = answer[3]
+      out[n_out + 3] = answer[4]
+      n_out = n_out + 3
+    end
+    k = k + n
+    denies = not all
+  elseif op == 'C' then
+    local threshold, period, ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local counter, member_key = KEYS[k], KEYS[k + 1]
+    local window, current, previous, elapsed = slide(redis.call('GET', counter), period)
+    current = current + 1
+    local window_left = period - elapsed
+    local count = idiv(previous * window_left + current * period, period)
+    redis.call('SET', counter, string.format('%d %d %d', window, current, previous),
+      'PX', window_left + period)
+    local member = redis.call('EXISTS', member_key)
+    local became = 0
+    if member == 0 and count >= threshold then
+      redis.call('SET', member_key, '1', 'PX', ttl)
+      member = 1
+      became = 1
+    end
+    out[n_out + 1] = count
+    out[n_out + 2] = became
+    out[n_out + 3] = member
+    n_out = n_out + 3
+    k = k + 2
+    a = a + 4
+  elseif op == 'B' then
+    local n, ttl, value = tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
+    for i = 0, n - 1 do
+      redis.call('SET', KEYS[k + i], value, 'PX', ttl)
+    end
+    out[n_out + 1] = 1
+    n_out = n_out + 1
+    k = k + n
+    a = a + 4
+  else
+    return redis.error_reply('ERR abuse-sidecar check.lua: unknown operation ' .. tostring(op))
+  end
+  ran = ran + 1
+  if denies and not shadow then
+    break
+  end
+end
+
+out[1] = ran
+return out

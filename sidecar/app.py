@@ -46,8 +46,8 @@ def open_store(settings: Settings) -> Store:
 
 def _publish_policy_gauge(snapshot: PolicySnapshot) -> None:
     counts = {"ready": 0, "invalid": 0}
-    for state in snapshot.states:
-        counts[state.state] = counts.get(state.state, 0) + 1
+    for policy in snapshot.states:
+        counts[policy.state] = counts.get(policy.state, 0) + 1
     for state, count in counts.items():
         metrics.POLICIES.labels(state).set(count)
 
@@ -116,7 +116,7 @@ class Application:
             env = dict(os.environ)
             env[WORKER_ENV] = str(index)
             argv = [sys.executable, "-m", "sidecar", *sys.argv[1:]]
-            self._workers.append(subprocess.Popen(argv, env=env))  # noqa: S603
+            self._workers.append(subprocess.Popen(argv, env=env))
         log.info("started %d worker processes", len(self._workers))
 
     async def readiness(self) -> Readiness:
@@ -133,6 +133,10 @@ class Application:
         dead = [i for i, w in enumerate(self._workers) if w.poll() is not None]
         if dead:
             reasons.append(f"worker processes exited: {dead}")
+        elif self._workers:
+            silent = [i for i in range(len(self._workers)) if not await self._worker_listening(i)]
+            if silent:
+                reasons.append(f"worker processes not listening yet: {silent}")
         details: dict[str, Any] = {
             "policies": snapshot.loaded,
             "store": {"name": self.store.name, "state": store_state},
@@ -143,18 +147,37 @@ class Application:
             details["geoip"] = geoip.describe()
         return Readiness(not reasons, reasons, details)
 
+    async def _worker_listening(self, index: int) -> bool:
+        host, _, port = self.settings.grpc_listen.rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port) + index), 0.5
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
+
     def policies_view(self) -> dict[str, Any]:
         snapshot = self.registry.current
         by_id = snapshot.index.by_id
         out: dict[str, Any] = {
             "generation": snapshot.version,
             "policies": [
-                {**state.as_dict(), "hosts": list(by_id[state.id].hosts) if state.id in by_id else [],
-                 "mode": "shadow" if state.id in by_id and by_id[state.id].shadow else "enforce"}
+                {
+                    **state.as_dict(),
+                    "hosts": list(by_id[state.id].hosts) if state.id in by_id else [],
+                    "mode": "shadow" if state.id in by_id and by_id[state.id].shadow else "enforce",
+                }
                 for state in snapshot.states
             ],
             "sourceErrors": dict(snapshot.source_errors),
-            "conflicts": [{"host": c.host, "policies": list(c.policies)} for c in snapshot.index.conflicts],
+            "conflicts": [
+                {"host": c.host, "policies": list(c.policies)} for c in snapshot.index.conflicts
+            ],
         }
         if self.resources.geoip is not None:
             out["geoip"] = self.resources.geoip.describe()

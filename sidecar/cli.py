@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--output", choices=["text", "json"], default="text")
     check.add_argument("--default-policy", default=None, metavar="NS/NAME")
 
-    validate = sub.add_parser("validate", help="validate policy files; non-zero on any invalid document")
+    validate = sub.add_parser(
+        "validate", help="validate policy files; non-zero on any invalid document"
+    )
     validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
 
     sub.add_parser("crd", help="print the AbusePolicy CustomResourceDefinition")
@@ -60,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--jti", required=True, metavar="ID")
     revoke.add_argument("--ttl", default="24h", metavar="D")
 
-    unblock = sub.add_parser("unblock", help="lift blocks and cohort memberships of an IP or subject")
+    unblock = sub.add_parser(
+        "unblock", help="lift blocks and cohort memberships of an IP or subject"
+    )
     unblock.add_argument("--redis-url", required=True, metavar="URL")
     unblock.add_argument("--policy", required=True, metavar="NS/NAME")
     who = unblock.add_mutually_exclusive_group(required=True)
@@ -84,7 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"abuse-sidecar serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if settings.workers > 1 and WORKER_ENV not in os.environ and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if (
+        settings.workers > 1
+        and WORKER_ENV not in os.environ
+        and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    ):
         # Before prometheus_client is imported: workers write their metrics here
         # and the supervisor's /metrics aggregates them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="abuse-sidecar-metrics-")
@@ -118,7 +126,9 @@ def _validate(args: argparse.Namespace) -> int:
             try:
                 compile_policy(doc.policy, str(path), Resources())
             except PolicyError as err:
-                print(PolicyError(err.source, doc.index, err.field_path, err.message), file=sys.stderr)
+                print(
+                    PolicyError(err.source, doc.index, err.field_path, err.message), file=sys.stderr
+                )
                 problems += 1
     if documents == 0 and problems == 0:
         print("no policy documents found", file=sys.stderr)
@@ -151,8 +161,12 @@ def _check(args: argparse.Namespace) -> int:
     request = OfflineRequest(args.method, args.path, args.host, headers, args.ip, body)
     try:
         result = asyncio.run(
-            explain_offline([Path(p) for p in args.policies], [Path(p) for p in args.geoip], request,
-                            default_policy=args.default_policy)
+            explain_offline(
+                [Path(p) for p in args.policies],
+                [Path(p) for p in args.geoip],
+                request,
+                default_policy=args.default_policy,
+            )
         )
     except ValueError as exc:
         print(f"abuse-sidecar check: {exc}", file=sys.stderr)
@@ -174,7 +188,9 @@ def _print_text(result: dict[str, Any]) -> None:
         head += f" [shadow would deny: {result['shadow']}]"
     print(head)
     for step in result["steps"]:
-        details = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("step", "verdict") and v is not None)
+        details = ", ".join(
+            f"{k}={v}" for k, v in step.items() if k not in ("step", "verdict") and v is not None
+        )
         print(f"  {step['step']:<14} {step['verdict']:<7} {details}")
 
 
@@ -185,7 +201,10 @@ def _mmdb(args: argparse.Namespace) -> int:
     for item in args.category:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
-            print(f"abuse-sidecar mmdb build: --category {item!r} is not NAME=CIDR_LIST_FILE", file=sys.stderr)
+            print(
+                f"abuse-sidecar mmdb build: --category {item!r} is not NAME=CIDR_LIST_FILE",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         categories.setdefault(name, []).append(Path(file))
     try:

@@ -14,10 +14,11 @@ What the rendered Envoy does, and why:
   ``pack_as_bytes`` so the bytes arrive unmodified in ``raw_body``); bodies above
   ``max_request_bytes`` get Envoy's own 413 and the sidecar is not called. Keep it
   at or above the largest ``graphql.maxBodyBytes`` of your policies.
-- **Headers reach the sidecar as raw bytes** (``encode_raw_headers``, read from
-  ``attributes.request.http.header_map``): a client header with non-UTF-8 bytes
-  would otherwise be put into a protobuf ``string`` and make the whole
-  CheckRequest undecodable in Python.
+- **Headers** reach the sidecar in ``attributes.request.http.headers``: names
+  lower-cased, repeated headers joined with ``,``, and bytes that are not UTF-8
+  replaced by ``!`` by Envoy, so every CheckRequest decodes in Python
+  (``encode_raw_headers: true`` would send raw bytes in ``header_map`` instead
+  and leave ``headers`` empty; the sidecar does not expect that).
 - **X-Forwarded-For.** ``use_remote_address: true`` makes Envoy take the TCP peer
   as the trusted client address (never a header), and ``xff_num_trusted_hops: 0``
   says no proxy in front of Envoy is trusted *by Envoy*. With
@@ -30,14 +31,22 @@ What the rendered Envoy does, and why:
   ``xffTrustedHops: 0`` uses the connection's source address, which the client
   cannot forge. Envoy still computes its own trusted address from the peer for
   its logs and ``x-envoy-external-address``.
+- ``internal_address_config`` is left unset: since Envoy 1.36 that means no
+  client is "internal", so every client's ``x-envoy-*`` headers are removed.
+  (An explicit empty ``cidr_ranges`` would bring back the old trust of RFC 1918
+  and loopback addresses.)
 - **Client-sent ``x-abuse-*`` request headers are removed** before any filter
   runs (early header mutation), so the application only ever sees the
   ``x-abuse-*`` headers the sidecar set.
 - **Access log** over gRPC (``envoy.access_loggers.http_grpc``) to the same
   cluster: each entry carries the response code and the dynamic metadata that the
   sidecar returned in its CheckResponse (namespace ``envoy.filters.http.ext_authz``:
-  policy, subject, plan, client IP, risk), which is how response-code cohorts see
-  who got which status.
+  policy, subject, plan, client IP, risk; Envoy adds ``ext_authz_duration``),
+  which is how response-code cohorts see who got which status. Only the first
+  message of each stream carries the ``identifier`` (``log_name``). Dynamic
+  metadata is logged in full; ``filter_state_objects_to_log`` is not used
+  because ext_authz's filter-state object does not serialise into this log
+  (checked with Envoy 1.40: it arrives empty).
 - **Per-endpoint statistics** on the sidecar cluster: one endpoint per sidecar
   worker (``--workers N`` serves on PORT..PORT+N-1, because Envoy keeps one HTTP/2
   connection per upstream host per Envoy worker, so N processes behind one port
@@ -197,7 +206,7 @@ class EnvoyConfig:
     body_on_all_routes: bool = False
     virtual_hosts: tuple[VirtualHost, ...] = (VirtualHost("default"),)
     include_peer_certificate: bool = True
-    encode_raw_headers: bool = True
+    encode_raw_headers: bool = False
     access_log: bool = True
     access_log_name: str = "abuse-sidecar"
     access_log_flush_ms: int = 1000
@@ -314,9 +323,6 @@ def _connection_manager(config: EnvoyConfig) -> dict[str, Any]:
         "use_remote_address": True,
         "xff_num_trusted_hops": config.xff_num_trusted_hops,
         "skip_xff_append": config.skip_xff_append,
-        # No address is "internal": x-envoy-* headers from every client are
-        # sanitised, as at an edge.
-        "internal_address_config": {"cidr_ranges": []},
         "normalize_path": config.normalize_path,
         "merge_slashes": config.normalize_path,
         "max_request_headers_kb": config.max_request_headers_kb,
@@ -383,17 +389,17 @@ def _ext_authz(config: EnvoyConfig) -> dict[str, Any]:
 
 
 def _grpc_access_log(config: EnvoyConfig) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "log_name": config.access_log_name,
+        "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}},
+        "transport_api_version": "V3",
+        "buffer_flush_interval": _duration_ms(config.access_log_flush_ms),
+    }
     return {
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
             "@type": _ALS_TYPE,
-            "common_config": {
-                "log_name": config.access_log_name,
-                "grpc_service": {"envoy_grpc": {"cluster_name": SIDECAR_CLUSTER}},
-                "transport_api_version": "V3",
-                "buffer_flush_interval": _duration_ms(config.access_log_flush_ms),
-                "filter_state_objects_to_log": [EXT_AUTHZ_FILTER],
-            },
+            "common_config": common,
             "additional_response_headers_to_log": ["x-abuse-reason", "retry-after"],
         },
     }
@@ -500,6 +506,9 @@ def _sidecar_cluster(config: EnvoyConfig) -> dict[str, Any]:
             {
                 "timeout": "1s",
                 "interval": _duration_ms(config.health_check_interval_ms),
+                # Without this an idle cluster is probed only once a minute, so a
+                # worker that was still starting stays "failed" for that long.
+                "no_traffic_interval": _duration_ms(config.health_check_interval_ms),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {},

@@ -30,7 +30,11 @@ class OfflineRequest:
 
 
 async def explain_offline(
-    policies: Sequence[Path], geoip: Sequence[Path], request: OfflineRequest, *, default_policy: str | None = None
+    policies: Sequence[Path],
+    geoip: Sequence[Path],
+    request: OfflineRequest,
+    *,
+    default_policy: str | None = None,
 ) -> dict[str, Any]:
     resources = Resources()
     if geoip:
@@ -49,11 +53,11 @@ async def explain_offline(
     errors.extend(s.error for s in snapshot.states if s.error and s.error not in errors)
     if errors:
         raise ValueError("; ".join(errors))
-    path, query = split_path(request.path)
+    raw_path, query = split_path(request.path)
     headers = dict(request.headers)
     ctx = RequestContext(
         method=request.method.upper(),
-        path=normalize_path(path or "/"),
+        path=normalize_path(raw_path or "/"),
         raw_path=request.path,
         query=query,
         host=normalize_host(request.host or headers.get("host", "")),

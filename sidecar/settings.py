@@ -67,21 +67,63 @@ def _env(flag: str, default: str | None = None) -> str | None:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policies", action="append", default=None, metavar="PATH",
-                        help="policy file or directory (repeatable; env ABUSE_SIDECAR_POLICIES, comma-separated)")
-    parser.add_argument("--kubernetes", action="store_true", default=None,
-                        help="watch AbusePolicies, annotated Services and API-key Secrets")
-    parser.add_argument("--namespace", action="append", default=None, metavar="NS",
-                        help="namespace to watch (repeatable; default all)")
-    parser.add_argument("--redis-url", default=None, metavar="URL",
-                        help="redis://, rediss://, redis+sentinel:// or redis+cluster:// (default: in-process store)")
-    parser.add_argument("--geoip", action="append", default=None, metavar="PATH", help="MaxMind database (repeatable)")
-    parser.add_argument("--grpc-listen", default=None, metavar="HOST:PORT", help="gRPC listener (default 0.0.0.0:9001)")
-    parser.add_argument("--admin-listen", default=None, metavar="HOST:PORT", help="admin HTTP (default 0.0.0.0:9090)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default 1)")
-    parser.add_argument("--default-policy", default=None, metavar="NS/NAME", help="policy for unbound requests")
-    parser.add_argument("--otlp-endpoint", default=None, metavar="URL", help="OTLP/gRPC trace endpoint")
-    parser.add_argument("--log-format", choices=["json", "text"], default=None, help="log format (default json)")
+    parser.add_argument(
+        "--policies",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="policy file or directory (repeatable; env ABUSE_SIDECAR_POLICIES, comma-separated)",
+    )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        default=None,
+        help="watch AbusePolicies, annotated Services and API-key Secrets",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="namespace to watch (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="redis://, rediss://, redis+sentinel:// or redis+cluster:// (default: in-process store)",
+    )
+    parser.add_argument(
+        "--geoip",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="MaxMind database (repeatable)",
+    )
+    parser.add_argument(
+        "--grpc-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="gRPC listener (default 0.0.0.0:9001)",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="admin HTTP (default 0.0.0.0:9090)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--default-policy", default=None, metavar="NS/NAME", help="policy for unbound requests"
+    )
+    parser.add_argument(
+        "--otlp-endpoint", default=None, metavar="URL", help="OTLP/gRPC trace endpoint"
+    )
+    parser.add_argument(
+        "--log-format", choices=["json", "text"], default=None, help="log format (default json)"
+    )
     parser.add_argument("--smtp-url", default=None, metavar="smtp[s]://[user:pass@]host:port")
     parser.add_argument("--smtp-from", default=None, metavar="ADDR")
 
@@ -94,7 +136,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     worker_env = os.environ.get(WORKER_ENV)
-    kubernetes = bool(args.kubernetes) or (_env("--kubernetes", "") or "").lower() in ("1", "true", "yes")
+    kubernetes = bool(args.kubernetes) or (_env("--kubernetes", "") or "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
     return Settings(
         policies=tuple(Path(p) for p in pick_list(args.policies, "--policies")),
         kubernetes=kubernetes,

@@ -19,7 +19,9 @@ from sidecar.steps.active_blocks import ActiveBlocksStep, MembershipRule
 from sidecar.steps.honeypots import SubjectPeek, build_honeypot_step
 
 
-def _section(policy: AbusePolicy, source: str, path: str, build: Callable[[], Step | None]) -> Step | None:
+def _section(
+    policy: AbusePolicy, source: str, path: str, build: Callable[[], Step | None]
+) -> Step | None:
     try:
         return build()
     except ValueError as exc:
@@ -37,14 +39,20 @@ def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> Co
 
         identity = spec.identity
         identity_step = _section(
-            policy, source, "spec.identity",
-            lambda: build_identity_step(pid, identity, jwks=resources.jwks, secret_keys=resources.secret_keys),
+            policy,
+            source,
+            "spec.identity",
+            lambda: build_identity_step(
+                pid, identity, jwks=resources.jwks, secret_keys=resources.secret_keys
+            ),
         )
     peek: SubjectPeek | None = getattr(identity_step, "peek_subject", None)
 
     if spec.honeypots is not None:
         honeypots = spec.honeypots
-        step = _section(policy, source, "spec.honeypots", lambda: build_honeypot_step(pid, honeypots, peek))
+        step = _section(
+            policy, source, "spec.honeypots", lambda: build_honeypot_step(pid, honeypots, peek)
+        )
         if step is not None:
             steps.append(step)
 
@@ -53,7 +61,9 @@ def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> Co
 
         reputation = spec.ip_reputation
         step = _section(
-            policy, source, "spec.ipReputation",
+            policy,
+            source,
+            "spec.ipReputation",
             lambda: build_ip_reputation_step(pid, reputation, resources.geoip),
         )
         if step is not None:
@@ -87,7 +97,9 @@ def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> Co
         cohorts = spec.cohorts
         notifications = spec.notifications
         step = _section(
-            policy, source, "spec.cohorts",
+            policy,
+            source,
+            "spec.cohorts",
             lambda: build_cohort_step(pid, cohorts, notifications, resources.notifier),
         )
         if step is not None:

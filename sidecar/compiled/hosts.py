@@ -66,9 +66,9 @@ class BindingIndex:
                     exact.setdefault(host, policy)
         services: dict[str, CompiledPolicy] = {}
         for host, policy_id in (service_hosts or {}).items():
-            policy = by_id.get(policy_id)
-            if policy is not None:
-                services[normalize_host(host)] = policy
+            named = by_id.get(policy_id)
+            if named is not None:
+                services[normalize_host(host)] = named
         conflicts = tuple(
             Conflict(host, tuple(ids)) for host, ids in sorted(claimed.items()) if len(ids) > 1
         )
@@ -88,13 +88,13 @@ class BindingIndex:
                 policy = self.by_id.get(named)
                 if policy is not None:
                     return policy
-        policy = self.exact.get(host)
-        if policy is not None:
-            return policy
+        exact = self.exact.get(host)
+        if exact is not None:
+            return exact
         if self.services:
-            policy = self.services.get(host)
-            if policy is not None:
-                return policy
+            service = self.services.get(host)
+            if service is not None:
+                return service
         for suffix, candidate in self.wildcards:
             if host.endswith(suffix) and len(host) > len(suffix):
                 return candidate

@@ -97,10 +97,7 @@ class PathSet:
         if len(path) > 1 and path.endswith("/") and path[:-1] in self.exact:
             return True
         parts = path.strip("/").split("/") if path != "/" else []
-        for wildcard in self.wildcards:
-            if _match(wildcard, parts):
-                return True
-        return False
+        return any(_match(wildcard, parts) for wildcard in self.wildcards)
 
 
 def _match(wildcard: _Wildcard, parts: list[str]) -> bool:
@@ -110,10 +107,7 @@ def _match(wildcard: _Wildcard, parts: list[str]) -> bool:
             return False
     elif len(parts) != len(fixed):
         return False
-    for want, have in zip(fixed, parts, strict=False):
-        if want != "*" and want != have:
-            return False
-    return True
+    return all(not (want not in ("*", have)) for want, have in zip(fixed, parts, strict=False))
 
 
 @dataclass(frozen=True, slots=True)

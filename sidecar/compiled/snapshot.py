@@ -87,7 +87,9 @@ class PolicyRegistry:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def replace_source(self, key: str, documents: Iterable[LoadedDocument], *, publish: bool = True) -> None:
+    def replace_source(
+        self, key: str, documents: Iterable[LoadedDocument], *, publish: bool = True
+    ) -> None:
         """Everything ``key`` (a file, a Kubernetes object) now says."""
         entry = self._sources.setdefault(key, _SourceEntry())
         fresh: dict[str, CompiledPolicy] = {}
@@ -99,8 +101,12 @@ class PolicyRegistry:
                 pid = doc.policy.id
                 observed[pid] = doc.policy.metadata.generation
                 if pid in fresh or self._owned_elsewhere(pid, key):
-                    errors[pid] = PolicyError(doc.source, doc.index, "metadata.name",
-                                              f"policy {pid} is defined more than once")
+                    errors[pid] = PolicyError(
+                        doc.source,
+                        doc.index,
+                        "metadata.name",
+                        f"policy {pid} is defined more than once",
+                    )
                     continue
                 try:
                     fresh[pid] = compile_policy(doc.policy, doc.source, self._resources)
@@ -117,7 +123,9 @@ class PolicyRegistry:
             if pid not in fresh and pid in entry.policies:
                 fresh[pid] = entry.policies[pid]
         if whole_source_error is not None:
-            log.error("policy source rejected, keeping its last good policies: %s", whole_source_error)
+            log.error(
+                "policy source rejected, keeping its last good policies: %s", whole_source_error
+            )
             for pid, policy in entry.policies.items():
                 fresh.setdefault(pid, policy)
         entry.policies = fresh
@@ -165,7 +173,9 @@ class PolicyRegistry:
                         source=compiled.source if compiled else key,
                         state="invalid" if error else "ready",
                         generation=compiled.generation if compiled else 0,
-                        observed_generation=entry.observed.get(pid, compiled.generation if compiled else 0),
+                        observed_generation=entry.observed.get(
+                            pid, compiled.generation if compiled else 0
+                        ),
                         error=str(error) if error else None,
                         updated_at=now,
                     )
@@ -173,8 +183,12 @@ class PolicyRegistry:
         self._version += 1
         index = BindingIndex.build(policies, self._service_hosts, self._default)
         for conflict in index.conflicts:
-            log.warning("host %s is claimed by several policies %s; %s wins",
-                        conflict.host, ", ".join(conflict.policies), conflict.policies[0])
+            log.warning(
+                "host %s is claimed by several policies %s; %s wins",
+                conflict.host,
+                ", ".join(conflict.policies),
+                conflict.policies[0],
+            )
         snapshot = PolicySnapshot(self._version, index, tuple(states), source_errors)
         self.current = snapshot
         self.initialised = True

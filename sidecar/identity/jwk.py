@@ -69,7 +69,7 @@ class VerificationKey:
     kid: str | None
     kty: str
     algorithms: frozenset[str]
-    fingerprint: str
+    fingerprint: str = field(repr=False)
     _verify: Verifier = field(repr=False)
 
     def verifies(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
@@ -137,9 +137,7 @@ def parse_jwk(jwk: Mapping[str, Any], *, allow_private: bool = False) -> Verific
     if not allow_private:
         for member in _PRIVATE_MEMBERS:
             if member in jwk:
-                raise JwkError(
-                    member, "private key material; put only the public key in a policy"
-                )
+                raise JwkError(member, "private key material; put only the public key in a policy")
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise JwkError("kid", "must be a string")

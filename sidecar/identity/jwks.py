@@ -91,7 +91,7 @@ class JwksCache:
         self._settled = asyncio.Event()  # the first fetch attempt has finished
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._ttl = self.settings.default_ttl_s
+        self.lifetime_s = self.settings.default_ttl_s
 
     def __repr__(self) -> str:
         return f"JwksCache({self.uri!r}, keys={len(self._keys)}, error={self.last_error!r})"
@@ -140,23 +140,26 @@ class JwksCache:
         if not keys:
             self._failures += 1
             self.last_error = f"{self.uri}: no usable key ({'; '.join(problems) or 'empty set'})"
-            log.warning("%s; keeping the last good set of %d keys", self.last_error, len(self._keys))
+            log.warning(
+                "%s; keeping the last good set of %d keys", self.last_error, len(self._keys)
+            )
             return False
         if problems:
             log.info("JWKS %s: skipped unusable keys: %s", self.uri, "; ".join(problems))
         self._keys = keys
         self._failures = 0
-        self._ttl = self._lifetime(max_age)
+        self.lifetime_s = self._lifetime(max_age)
         self.last_error = None
         self.last_success = self._clock.now()
         return True
 
-    def _next_delay(self) -> float:
+    def next_refresh_s(self) -> float:
+        """Seconds from the last fetch to the next scheduled one."""
         settings = self.settings
         if self._failures:
-            backoff = settings.retry_initial_s * 2 ** min(self._failures - 1, 16)
+            backoff = settings.retry_initial_s * (1 << min(self._failures - 1, 16))
             return min(backoff, settings.retry_max_s)
-        return self._ttl * settings.refresh_ahead
+        return self.lifetime_s * settings.refresh_ahead
 
     def _lifetime(self, max_age: int | None) -> float:
         settings = self.settings
@@ -226,7 +229,7 @@ async def _refresh_loop(ref: weakref.ref[JwksCache]) -> None:
             return
         cache._wake.clear()
         await cache.refresh()
-        delay = cache._next_delay()
+        delay = cache.next_refresh_s()
         wake = cache._wake
         del cache
         with contextlib.suppress(TimeoutError):
@@ -245,7 +248,9 @@ class JwksRegistry:
     created before ``start`` begin fetching when it runs, later ones at once.
     """
 
-    def __init__(self, *, settings: JwksSettings | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, *, settings: JwksSettings | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.settings = settings or JwksSettings()
         self._clock = clock
         self._caches: weakref.WeakValueDictionary[str, JwksCache] = weakref.WeakValueDictionary()

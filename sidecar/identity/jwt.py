@@ -14,6 +14,7 @@ a client repeating its token costs one hash and one dictionary lookup.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -151,14 +152,10 @@ class JwtVerifier:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._cache.get(digest)
         if cached is not None:
-            if (
-                self._clock.now() < cached.valid_until
-                and cached.key in self.source.keys.members
-            ):
-                try:
+            if self._clock.now() < cached.valid_until and cached.key in self.source.keys.members:
+                # KeyError: evicted meanwhile by another thread; harmless.
+                with contextlib.suppress(KeyError):
                     self._cache.move_to_end(digest)
-                except KeyError:  # evicted meanwhile by another thread; harmless
-                    pass
                 return cached
             self._cache.pop(digest, None)
         verified = self._verify_uncached(token, refresh_on_unknown_kid)
@@ -174,7 +171,7 @@ class JwtVerifier:
         while len(cache) > self._cache_size:
             try:
                 cache.popitem(last=False)
-            except KeyError:
+            except KeyError:  # emptied by another thread
                 break
 
     def _verify_uncached(self, token: str, refresh_on_unknown_kid: bool) -> VerifiedToken:
@@ -338,8 +335,4 @@ def _subject(claims: dict[str, Any], name: str) -> str:
 
 def _is_identifier(value: object) -> bool:
     """A non-empty printable string short enough for a header and a store key."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_IDENTIFIER_CHARS
-        and value.isprintable()
-    )
+    return isinstance(value, str) and 0 < len(value) <= MAX_IDENTIFIER_CHARS and value.isprintable()

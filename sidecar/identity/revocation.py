@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from sidecar.identity.jwt import MAX_IDENTIFIER_CHARS
 from sidecar.stores.base import OpResult, RevocationCheck, RevocationResult
 from sidecar.stores.keys import revocation_key
 
-MAX_JTI_CHARS: Final = 256  # the same bound the verifier applies to the claim
+MAX_JTI_CHARS: Final = MAX_IDENTIFIER_CHARS  # the bound the verifier applies to the claim
 
 
 def revocation_check(jti: str) -> RevocationCheck:

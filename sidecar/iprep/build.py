@@ -20,12 +20,14 @@ read back with the same ``maxminddb`` reader that serves requests.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import ipaddress
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sidecar.errors import SidecarError
@@ -144,7 +146,7 @@ class _TrieNode:
 
     def __init__(self) -> None:
         self.children: list[_TrieNode | _Graft | None] = [None, None]
-        self.categories: set[str] = set()
+        self.categories: set[str] | None = None
 
 
 class _Graft:
@@ -173,7 +175,10 @@ def _insert(root: _TrieNode, value: int, prefix: int, bits: int, category: str) 
             child = _TrieNode()
             node.children[bit] = child
         node = child
-    node.categories.add(category)
+    if node.categories is None:
+        node.categories = {category}
+    else:
+        node.categories.add(category)
 
 
 def _add_graft(root: _TrieNode, network: ipaddress.IPv6Network) -> None:
@@ -228,7 +233,8 @@ def _build_tree(networks: Mapping[str, Iterable[IPNetwork]]) -> _TreeNode:
                 _insert(v6_root, int(network.network_address), network.prefixlen, 128, category)
             else:
                 _insert(v4_root, int(network.network_address), network.prefixlen, 32, category)
-    v4_root.categories |= covers_all_ipv4
+    if covers_all_ipv4:
+        v4_root.categories = (v4_root.categories or set()) | covers_all_ipv4
     ipv4 = _compact(v4_root, frozenset(), frozenset())
     _add_graft(v6_root, _IPV4_COMPAT)
     _add_graft(v6_root, _IPV4_MAPPED)
@@ -249,6 +255,26 @@ def encode_mmdb(
 ) -> bytes:
     """The bytes of a category database. ``record_size`` (24, 28 or 32) defaults to the
     smallest that fits; tests force the others."""
+    # The trees are acyclic, so reference counting frees them; the cyclic collector
+    # would only rescan millions of young nodes again and again while they are built.
+    with _cyclic_gc_paused():
+        return _encode_mmdb(networks, build_epoch, record_size)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _encode_mmdb(
+    networks: Mapping[str, Iterable[IPNetwork]], build_epoch: int | None, record_size: int | None
+) -> bytes:
     order = {name: index for index, name in enumerate(networks)}
     root = _build_tree(networks)
 

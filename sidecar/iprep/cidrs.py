@@ -83,7 +83,11 @@ class CidrSet:
         return f"{address}/{prefix}"
 
     def __contains__(self, ip: str) -> bool:
-        parsed = address_to_int(ip)
+        return self.contains(address_to_int(ip))
+
+    def contains(self, parsed: tuple[int, int] | None) -> bool:
+        """Membership of an address already parsed by ``address_to_int`` (parse once,
+        test several tables)."""
         if parsed is None:
             return False
         version, value = parsed

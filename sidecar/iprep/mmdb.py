@@ -360,6 +360,19 @@ class GeoIpDatabases:
         """Categories, country and ASN of ``ip``; ``NO_FACTS`` for an unknown or invalid one."""
         return self._cached(ip)
 
+    def cache_info(self) -> dict[str, int]:
+        """Hits, misses and size of the lookup cache since the last swap."""
+        info = getattr(self._cached, "cache_info", None)
+        if info is None:
+            return {"hits": 0, "misses": 0, "size": 0, "maxSize": self._cache_size}
+        stats = info()
+        return {
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "size": stats.currsize,
+            "maxSize": self._cache_size,
+        }
+
     @property
     def available(self) -> bool:
         """At least one database is loaded."""
@@ -375,7 +388,8 @@ class GeoIpDatabases:
 
     @property
     def knows_asn(self) -> bool:
-        return DatabaseKind.ASN in self.kinds or DatabaseKind.GEO in self.kinds
+        # Only Enterprise among geo databases carries an ASN; do not claim it for all.
+        return DatabaseKind.ASN in self.kinds
 
     def _publish(self) -> None:
         databases = tuple(slot.current for slot in self._slots)

@@ -56,7 +56,11 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         elif extra is True or extra == {}:
             node.pop("additionalProperties")
             node["x-kubernetes-preserve-unknown-fields"] = True
-    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+    if (
+        node.get("type") == "object"
+        and "properties" not in node
+        and "additionalProperties" not in node
+    ):
         node["x-kubernetes-preserve-unknown-fields"] = True
     if node.get("default", 0) is None:
         node.pop("default")

@@ -12,7 +12,9 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str) -> int:
     """Return the duration in whole seconds, or raise ValueError naming the accepted form."""
     if not isinstance(text, str) or not _DURATION_RE.match(text):
-        raise ValueError(f"{text!r} is not a duration; use <n>s, <n>m, <n>h or <n>d (e.g. 90s, 24h)")
+        raise ValueError(
+            f"{text!r} is not a duration; use <n>s, <n>m, <n>h or <n>d (e.g. 90s, 24h)"
+        )
     return int(text[:-1]) * _UNIT_SECONDS[text[-1]]
 
 

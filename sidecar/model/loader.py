@@ -91,7 +91,11 @@ def load_text(text: str, source: str) -> list[LoadedDocument]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        return [LoadedDocument(source, 0, None, PolicyError(source, None, "", f"YAML{where}: {problem}"))]
+        return [
+            LoadedDocument(
+                source, 0, None, PolicyError(source, None, "", f"YAML{where}: {problem}")
+            )
+        ]
     out: list[LoadedDocument] = []
     for index, data in enumerate(raw_documents):
         if data is None:
@@ -115,7 +119,11 @@ def load_file(path: Path) -> list[LoadedDocument]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [LoadedDocument(str(path), 0, None, PolicyError(str(path), None, "", f"cannot read: {exc}"))]
+        return [
+            LoadedDocument(
+                str(path), 0, None, PolicyError(str(path), None, "", f"cannot read: {exc}")
+            )
+        ]
     return load_text(text, str(path))
 
 

@@ -102,6 +102,9 @@ JwtAlgorithm = Literal[
 ]
 
 
+_DEFAULT_ALGORITHMS: list[JwtAlgorithm] = ["RS256", "ES256"]
+
+
 class InlineJwks(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
     keys: list[dict[str, Any]] = Field(min_length=1)
@@ -112,7 +115,7 @@ class JwtSpec(_Model):
     audiences: list[str] = Field(default_factory=list)
     jwks_uri: Annotated[str, Field(pattern=r"^https?://")] | None = None
     jwks: InlineJwks | None = None
-    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: _DEFAULT_ALGORITHMS.copy(), min_length=1)
     leeway: Duration = "30s"
     subject_claim: str = "sub"
     plan_claim: str = "plan"
@@ -292,7 +295,9 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ]
     namespace: Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = (
         "default"
     )

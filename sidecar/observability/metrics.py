@@ -19,9 +19,22 @@ from prometheus_client import (
     multiprocess,
 )
 
-# Sub-millisecond resolution: a Check normally takes 50–500 µs.
+# Sub-millisecond resolution: a Check normally takes 50-500 µs.
 CHECK_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
 )
 
 DECISIONS = Counter(
@@ -50,6 +63,19 @@ COHORT_MEMBERS = Gauge(
     "Keys currently members of a cohort.",
     ["policy", "cohort"],
     multiprocess_mode="livemax",
+)
+
+NOTIFICATIONS = Counter(
+    "abuse_sidecar_notifications_total",
+    "Cohort notifications by channel (webhook|email) and outcome "
+    "(delivered|retried|failed|dropped: queue full).",
+    ["channel", "outcome"],
+)
+ACCESS_LOG_ENTRIES = Counter(
+    "abuse_sidecar_access_log_entries_total",
+    "Envoy access-log entries by outcome: counted (by a response cohort), ignored "
+    "(no policy or no cohort matched), dropped (the store failed under failureMode closed).",
+    ["outcome"],
 )
 
 

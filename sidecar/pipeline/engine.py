@@ -28,7 +28,9 @@ from sidecar.stores.base import Operation, OpResult, Store, StorePlan
 
 log = logging.getLogger("sidecar.engine")
 
-_STORE_DOWN = Deny(Reason.STORE_UNAVAILABLE, "failureMode", "Abuse protection is temporarily unavailable.")
+_STORE_DOWN = Deny(
+    Reason.STORE_UNAVAILABLE, "failureMode", "Abuse protection is temporarily unavailable."
+)
 _NO_RESULTS: tuple[OpResult | None, ...] = ()
 
 
@@ -38,7 +40,9 @@ class Engine:
         self.fallback = fallback  # process-local: used under failureMode open
 
     async def decide(self, ctx: RequestContext, policy: CompiledPolicy) -> Decision:
-        ctx.client_ip = client_ip(ctx.source_ip, ctx.headers.get("x-forwarded-for"), policy.xff_trusted_hops)
+        ctx.client_ip = client_ip(
+            ctx.source_ip, ctx.headers.get("x-forwarded-for"), policy.xff_trusted_hops
+        )
         shadow = policy.shadow
         steps = policy.steps
 
@@ -69,7 +73,9 @@ class Engine:
                 results = await self.store.execute(plan)
             except StoreUnavailable as exc:
                 if policy.failure_closed:
-                    log.warning("store unavailable, failing closed for %s: %s", policy.id, exc.detail)
+                    log.warning(
+                        "store unavailable, failing closed for %s: %s", policy.id, exc.detail
+                    )
                     store_deny = _STORE_DOWN
                 else:
                     results = await self.fallback.execute(plan)
@@ -84,7 +90,11 @@ class Engine:
             if first is not None and not shadow:
                 return self._finish(ctx, policy, first)
         for index, (start, end) in enumerate(spans):
-            deny = steps[index].settle(ctx, _slice(results, offset + start, offset + end)) if end > start else None
+            deny = (
+                steps[index].settle(ctx, _slice(results, offset + start, offset + end))
+                if end > start
+                else None
+            )
             if deny is None:
                 deny = local.get(index)
             if deny is not None and first is None:

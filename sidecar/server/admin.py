@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from sidecar.observability.metrics import render_metrics
 
@@ -30,15 +31,24 @@ class Readiness:
 
 ReadinessProbe = Callable[[], Awaitable[Readiness]]
 PoliciesView = Callable[[], dict[str, Any]]
+# Extra endpoints (e.g. cohort members): (method, path) -> handler(query) -> (status, JSON body)
+RouteHandler = Callable[[dict[str, list[str]]], Awaitable[tuple[int, Any]]]
 
 
 class AdminServer:
-    def __init__(self, listen: str, readiness: ReadinessProbe, policies: PoliciesView) -> None:
+    def __init__(
+        self,
+        listen: str,
+        readiness: ReadinessProbe,
+        policies: PoliciesView,
+        routes: dict[tuple[str, str], RouteHandler] | None = None,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]") or "0.0.0.0"
         self._port = int(port)
         self._readiness = readiness
         self._policies = policies
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -57,7 +67,12 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
             writer.close()
             return
         try:
@@ -66,15 +81,22 @@ class AdminServer:
         except ValueError:
             await self._send(writer, 400, "text/plain", b"bad request\n")
             return
-        path = target.split("?", 1)[0]
+        path, _, query = target.partition("?")
         try:
-            status, content_type, body = await self._route(method, path)
+            status, content_type, body = await self._route(method, path, query)
         except Exception:
             log.exception("admin endpoint %s failed", path)
             status, content_type, body = 500, "application/json", b'{"error":"internal error"}'
         await self._send(writer, status, content_type, body if method != "HEAD" else b"", len(body))
 
-    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def add_route(self, method: str, path: str, handler: RouteHandler) -> None:
+        self._routes[(method, path)] = handler
+
+    async def _route(self, method: str, path: str, query: str) -> tuple[int, str, bytes]:
+        extra = self._routes.get((method, path))
+        if extra is not None:
+            status, payload = await extra(parse_qs(query, keep_blank_values=True))
+            return status, "application/json", _json(payload)
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         if path == "/healthz":
@@ -92,10 +114,20 @@ class AdminServer:
 
     @staticmethod
     async def _send(
-        writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, length: int | None = None
+        writer: asyncio.StreamWriter,
+        status: int,
+        content_type: str,
+        body: bytes,
+        length: int | None = None,
     ) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "OK")
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }.get(status, "OK")
         head = (
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {length if length is not None else len(body)}\r\nConnection: close\r\n\r\n"

@@ -28,7 +28,9 @@ from sidecar.server.requests import context_from_check
 log = logging.getLogger("sidecar.authz")
 
 DecisionHook = Callable[[RequestContext, Decision], None]
-_INTERNAL = Deny(Reason.STORE_UNAVAILABLE, "internal", "Abuse protection is temporarily unavailable.")
+_INTERNAL = Deny(
+    Reason.STORE_UNAVAILABLE, "internal", "Abuse protection is temporarily unavailable."
+)
 
 
 def lenient_check_request(data: bytes) -> CheckRequest | None:
@@ -42,7 +44,9 @@ def lenient_check_request(data: bytes) -> CheckRequest | None:
 class Authorizer:
     """Shared by the gRPC Check handler, Explain and the offline ``check`` command."""
 
-    def __init__(self, registry: PolicyRegistry, engine: Engine, on_decision: DecisionHook | None = None) -> None:
+    def __init__(
+        self, registry: PolicyRegistry, engine: Engine, on_decision: DecisionHook | None = None
+    ) -> None:
         self.registry = registry
         self.engine = engine
         self.on_decision = on_decision
@@ -90,10 +94,14 @@ class Authorizer:
         except Exception:
             log.exception("internal error while answering a Check")
             if policy is not None and policy.failure_closed:
-                return responses.render(Decision(allowed=False, policy=policy.id, deny=_INTERNAL), "")
+                return responses.render(
+                    Decision(allowed=False, policy=policy.id, deny=_INTERNAL), ""
+                )
             return self._no_policy
         finally:
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
 
-    async def Check(self, request: CheckRequest | None, context: grpc.aio.ServicerContext) -> CheckResponse:  # noqa: N802
+    async def Check(
+        self, request: CheckRequest | None, context: grpc.aio.ServicerContext
+    ) -> CheckResponse:
         return await self.check(request)

@@ -40,8 +40,14 @@ async def explain(authorizer: Authorizer, ctx: RequestContext) -> dict[str, Any]
     """The contract's ``check --output json`` shape for one request."""
     policy = authorizer.bind(ctx)
     if policy is None:
-        return {"decision": "allow", "status": 200, "reason": "", "policy": "none", "rule": "",
-                "steps": [{"step": "binding", "verdict": "skip", "detail": "no policy bound"}]}
+        return {
+            "decision": "allow",
+            "status": 200,
+            "reason": "",
+            "policy": "none",
+            "rule": "",
+            "steps": [{"step": "binding", "verdict": "skip", "detail": "no policy bound"}],
+        }
     decision = await authorizer.decide(ctx, policy)
     out: dict[str, Any] = {
         "decision": "allow" if decision.deny is None else "deny",
@@ -65,14 +71,16 @@ class ExplainService(explain_pb2_grpc.ExplainerServicer):
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def Explain(  # noqa: N802
+    async def Explain(
         self, request: explain_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> explain_pb2.ExplainResponse:
         if request.HasField("check_request"):
             try:
                 check = CheckRequest.FromString(request.check_request)
             except DecodeError:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "check_request is not a CheckRequest")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "check_request is not a CheckRequest"
+                )
             ctx = context_from_check(check, explain=True)
         else:
             ctx = context_from_http(request.http)

@@ -23,7 +23,9 @@ AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class GrpcServer:
-    def __init__(self, authorizer: Authorizer, listen: str, extra_services: list[object] | None = None) -> None:
+    def __init__(
+        self, authorizer: Authorizer, listen: str, extra_services: list[object] | None = None
+    ) -> None:
         self._authorizer = authorizer
         self._listen = listen
         self._extra = extra_services or []
@@ -50,7 +52,7 @@ class GrpcServer:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {"Check": check}),)
         )
-        explain_pb2_grpc.add_ExplainerServicer_to_server(ExplainService(self._authorizer), server)
+        explain_pb2_grpc.add_ExplainerServicer_to_server(ExplainService(self._authorizer), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
             AUTHZ_SERVICE,
@@ -80,5 +82,3 @@ class GrpcServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
-
-

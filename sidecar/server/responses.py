@@ -126,15 +126,19 @@ def _denied(decision: Decision, deny: Deny, client_ip: str) -> CheckResponse:
         _header("x-abuse-policy", decision.policy),
         *(_header(k, v) for k, v in deny.headers),
     ]
-    headers.extend(_header(k, v) for k, v in decision.response_headers if k.lower() != "retry-after")
-    if deny.reason in (Reason.RATE_LIMITED, Reason.BUDGET_EXHAUSTED, Reason.COHORT_THROTTLED) and not any(
-        k.lower() == "retry-after" for k, _ in deny.headers
-    ):
+    headers.extend(
+        _header(k, v) for k, v in decision.response_headers if k.lower() != "retry-after"
+    )
+    if deny.reason in (
+        Reason.RATE_LIMITED,
+        Reason.BUDGET_EXHAUSTED,
+        Reason.COHORT_THROTTLED,
+    ) and not any(k.lower() == "retry-after" for k, _ in deny.headers):
         headers.append(_header("retry-after", "1"))
     return CheckResponse(
         status=status_pb2.Status(code=_GRPC_CODE.get(status, code_pb2.PERMISSION_DENIED)),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=status),  # type: ignore[arg-type]
+            status=HttpStatus(code=status),
             headers=headers,
             body=body.decode(),
         ),
@@ -155,7 +159,7 @@ def malformed_request() -> CheckResponse:
     return CheckResponse(
         status=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=400),  # type: ignore[arg-type]
+            status=HttpStatus(code=400),
             headers=[_header("content-type", "application/problem+json")],
             body=json.dumps(problem),
         ),

@@ -32,7 +32,9 @@ def _fingerprint(path: Path) -> Fingerprint | None:
 
 
 class FilePolicySource:
-    def __init__(self, registry: PolicyRegistry, roots: Sequence[Path], interval: float = 1.0) -> None:
+    def __init__(
+        self, registry: PolicyRegistry, roots: Sequence[Path], interval: float = 1.0
+    ) -> None:
         self._registry = registry
         self._roots = [Path(r) for r in roots]
         self._interval = interval
@@ -64,7 +66,9 @@ class FilePolicySource:
         for root in missing_roots:
             log.error("policy path %s does not exist", root)
         self._seen = {p: f for p, f in current.items()} | {
-            p: f for p, f in self._seen.items() if p not in current and any(p.is_relative_to(r) for r in missing_roots)
+            p: f
+            for p, f in self._seen.items()
+            if p not in current and any(p.is_relative_to(r) for r in missing_roots)
         }
         if changed or not self._registry.initialised:
             self._registry.publish()

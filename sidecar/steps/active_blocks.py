@@ -68,8 +68,12 @@ class ActiveBlocksStep:
             count = 2 if ctx.subject else 1
             for offset in range(count):
                 if deny is None and result.values[index + offset] is not None:
-                    deny = Deny(Reason.HONEYPOT, "honeypots", "This client is blocked.",
-                                headers=_retry_after(result.ttls_ms[index + offset]))
+                    deny = Deny(
+                        Reason.HONEYPOT,
+                        "honeypots",
+                        "This client is blocked.",
+                        headers=_retry_after(result.ttls_ms[index + offset]),
+                    )
             index += count
         for rule in self._memberships:
             if rule.key.value(ctx) is None:
@@ -85,10 +89,19 @@ class ActiveBlocksStep:
             elif deny is None and rule.action == "block":
                 deny = Deny(Reason.COHORT_BLOCKED, rule.cohort, "This client is blocked.")
             elif deny is None:
-                deny = Deny(Reason.COHORT_THROTTLED, rule.cohort, "This client is throttled.",
-                            headers=_retry_after(ttl_ms))
-        ctx.report("active_blocks", "deny" if deny else "allow", reason=deny.reason.value if deny else None,
-                   rule=deny.rule if deny else None, flags=list(ctx.flags))
+                deny = Deny(
+                    Reason.COHORT_THROTTLED,
+                    rule.cohort,
+                    "This client is throttled.",
+                    headers=_retry_after(ttl_ms),
+                )
+        ctx.report(
+            "active_blocks",
+            "deny" if deny else "allow",
+            reason=deny.reason.value if deny else None,
+            rule=deny.rule if deny else None,
+            flags=list(ctx.flags),
+        )
         return deny
 
 

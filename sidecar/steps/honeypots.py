@@ -43,8 +43,14 @@ class HoneypotStep:
         if subject:
             block_keys.append(keys.block_key(self._policy, "subject", subject))
         ops.append(BlockSet(tuple(block_keys), self._block_ms, HONEYPOT_VALUE))
-        ctx.report("honeypot", "deny", path=ctx.path, blocked_ip=ctx.client_ip, blocked_subject=subject,
-                   block_seconds=self._block_ms // 1000)
+        ctx.report(
+            "honeypot",
+            "deny",
+            path=ctx.path,
+            blocked_ip=ctx.client_ip,
+            blocked_subject=subject,
+            block_seconds=self._block_ms // 1000,
+        )
         return self._deny
 
     def settle(self, ctx: RequestContext, results: Sequence[OpResult | None]) -> Deny | None:

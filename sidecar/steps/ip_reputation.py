@@ -26,9 +26,8 @@ reports ``lookups: unavailable``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from sidecar.iprep.cidrs import CidrSet
+from sidecar.iprep.cidrs import CidrSet, address_to_int
 from sidecar.iprep.mmdb import NO_FACTS, GeoIpDatabases, IpFacts
 from sidecar.model.policy import IpReputationSpec
 from sidecar.pipeline.context import RequestContext
@@ -63,18 +62,47 @@ _NOT_ALLOWED_COUNTRY = Deny(
 )
 
 
-@dataclass(frozen=True, slots=True)
 class IpReputationStep(LocalStep):
-    policy_id: str
-    allow_cidrs: CidrSet
-    deny_cidrs: CidrSet
-    deny_asns: frozenset[int]
-    deny_categories: frozenset[str]
-    deny_countries: frozenset[str]
-    allow_countries: frozenset[str]
-    risk_scores: Mapping[str, int]
-    geoip: GeoIpDatabases | None
-    name: str = STEP
+    """Compiled ``spec.ipReputation``; every table is built once by the builder."""
+
+    __slots__ = (
+        "allow_cidrs",
+        "allow_countries",
+        "any_cidrs",
+        "deny_asns",
+        "deny_categories",
+        "deny_cidrs",
+        "deny_countries",
+        "geoip",
+        "name",
+        "policy_id",
+        "risk_scores",
+    )
+
+    def __init__(
+        self,
+        policy_id: str,
+        *,
+        allow_cidrs: CidrSet,
+        deny_cidrs: CidrSet,
+        deny_asns: frozenset[int],
+        deny_categories: frozenset[str],
+        deny_countries: frozenset[str],
+        allow_countries: frozenset[str],
+        risk_scores: Mapping[str, int],
+        geoip: GeoIpDatabases | None,
+    ) -> None:
+        self.name = STEP
+        self.policy_id = policy_id
+        self.allow_cidrs = allow_cidrs
+        self.deny_cidrs = deny_cidrs
+        self.any_cidrs = bool(allow_cidrs) or bool(deny_cidrs)
+        self.deny_asns = deny_asns
+        self.deny_categories = deny_categories
+        self.deny_countries = deny_countries
+        self.allow_countries = allow_countries
+        self.risk_scores = risk_scores
+        self.geoip = geoip
 
     def evaluate(self, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
         ip = ctx.client_ip or ctx.source_ip
@@ -89,11 +117,12 @@ class IpReputationStep(LocalStep):
         ctx.country = facts.country
         ctx.asn = facts.asn
 
-        if self.allow_cidrs and ip in self.allow_cidrs:
+        address = address_to_int(ip) if self.any_cidrs else None
+        if self.allow_cidrs.contains(address):
             if ctx.explain:
                 self._report(ctx, "allow", ip, facts, risk, allowed_by=self.allow_cidrs.match(ip))
             return None
-        deny = self._first_deny(ip, facts)
+        deny = self._first_deny(address, facts)
         if ctx.explain:
             matched = self.deny_cidrs.match(ip) if deny is _DENY_CIDR else None
             self._report(
@@ -107,8 +136,8 @@ class IpReputationStep(LocalStep):
             )
         return deny
 
-    def _first_deny(self, ip: str, facts: IpFacts) -> Deny | None:
-        if self.deny_cidrs and ip in self.deny_cidrs:
+    def _first_deny(self, address: tuple[int, int] | None, facts: IpFacts) -> Deny | None:
+        if self.deny_cidrs.contains(address):
             return _DENY_CIDR
         if facts.asn is not None and facts.asn in self.deny_asns:
             return _DENY_ASN
@@ -164,7 +193,7 @@ def build_ip_reputation_step(
     except ValueError as exc:
         raise ValueError(f"denyCIDRs{exc}") from None
     return IpReputationStep(
-        policy_id=policy_id,
+        policy_id,
         allow_cidrs=allow_cidrs,
         deny_cidrs=deny_cidrs,
         deny_asns=frozenset(spec.deny_as_ns),

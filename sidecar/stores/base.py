@@ -116,6 +116,15 @@ NOT_RUN: None = None  # result slot of an operation after the plan stopped at a 
 
 
 @dataclass(frozen=True, slots=True)
+class CohortMember:
+    """One current cohort membership (admin API, ``abuse_sidecar_cohort_members``)."""
+
+    cohort: str
+    key: str  # as the cohort's ``by`` names it, e.g. ``ip=203.0.113.7``
+    ttl_ms: int  # membership left
+
+
+@dataclass(frozen=True, slots=True)
 class StorePlan:
     operations: tuple[Operation, ...]
     shadow: bool = False  # evaluate everything, never stop at a deny
@@ -134,6 +143,12 @@ class Store(Protocol):
 
     async def unblock(self, policy: str, kind: str, value: str) -> int:
         """Remove blocks and memberships of ``kind`` (ip|subject) ``value`` on a policy."""
+
+    async def members(self, policy: str) -> tuple[CohortMember, ...]:
+        """Every current cohort membership on a policy."""
+
+    async def remove_member(self, policy: str, cohort: str, key: str) -> bool:
+        """End one membership now; False when there was none."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""

@@ -19,6 +19,7 @@ from sidecar.stores.base import (
     BlockSet,
     BlockSetResult,
     CohortCount,
+    CohortMember,
     CountResult,
     LimitCheck,
     LimitResult,
@@ -185,6 +186,27 @@ class MemoryStore:
         for key in doomed:
             del self._entries[key]
         return len(doomed)
+
+    async def members(self, policy: str) -> tuple[CohortMember, ...]:
+        prefix = f"{keys.PREFIX}:{keys.policy_tag(policy)}:mem:"
+        now = self._clock.monotonic()
+        found: list[CohortMember] = []
+        for key, entry in self._entries.items():
+            if key.startswith(prefix) and entry.expires > now:
+                cohort, _, member = key[len(prefix) :].partition(":")
+                found.append(
+                    CohortMember(cohort, member, max(1, int((entry.expires - now) * 1000)))
+                )
+        return tuple(found)
+
+    async def remove_member(self, policy: str, cohort: str, key: str) -> bool:
+        """Also forgets the count, so the next event does not re-admit the key at once."""
+        member = keys.member_key(policy, cohort, key)
+        present = self._get(member, self._clock.monotonic()) is not None
+        if present:
+            del self._entries[member]
+        self._entries.pop(keys.cohort_counter_key(policy, cohort, key), None)
+        return present
 
     async def ping(self) -> None:
         return None

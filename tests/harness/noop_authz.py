@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +36,11 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 
+from tests.harness.ports import LOOPBACK, free_port
+from tests.harness.processes import ManagedProcess, start_process, wait_for_tcp
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
 RECORDED_METADATA = {"policy": "noop/record", "subject": "noop-subject"}
 """Dynamic metadata a recording server returns (tests look for it in the access log)."""
 
@@ -43,14 +50,14 @@ _OK = external_auth_pb2.CheckResponse(
 
 
 class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    async def Check(  # noqa: N802
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         return _OK
 
 
 class DiscardingAccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    async def StreamAccessLogs(  # noqa: N802
+    async def StreamAccessLogs(
         self,
         request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
         context: grpc.aio.ServicerContext,
@@ -86,7 +93,7 @@ class RecordingAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # t
     def __init__(self, recorder: _Recorder) -> None:
         self._recorder = recorder
 
-    async def Check(  # noqa: N802
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         http = request.attributes.request.http
@@ -129,13 +136,16 @@ class RecordingAccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore
     def __init__(self, recorder: _Recorder) -> None:
         self._recorder = recorder
 
-    async def StreamAccessLogs(  # noqa: N802
+    async def StreamAccessLogs(
         self,
         request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
         context: grpc.aio.ServicerContext,
     ) -> als_pb2.StreamAccessLogsResponse:
+        log_name = ""
         async for message in request_iterator:
-            log_name = message.identifier.log_name
+            # Only a stream's first message names the log.
+            if message.HasField("identifier"):
+                log_name = message.identifier.log_name
             for entry in message.http_logs.log_entry:
                 self._recorder.write(
                     "access_log",
@@ -176,6 +186,51 @@ async def serve(listen: str, record: Path | None = None) -> None:
     await server.stop(grace=2)
     if recorder is not None:
         recorder.close()
+
+
+@dataclass
+class NoopAuthzProcess:
+    """A started do-nothing server; ``records()`` reads what a ``--record`` server saw."""
+
+    process: ManagedProcess
+    port: int
+    record_path: Path | None
+    host: str = LOOPBACK
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """``check`` or ``access_log`` lines recorded so far."""
+        if self.record_path is None:
+            raise RuntimeError("started without record=True: nothing is recorded")
+        if not self.record_path.exists():
+            return []
+        lines = self.record_path.read_text(encoding="utf-8").splitlines()
+        entries = [json.loads(line) for line in lines if line]
+        return [entry for entry in entries if entry["kind"] == kind]
+
+    def stop(self, timeout: float = 10.0) -> int:
+        return self.process.stop(timeout)
+
+
+def start_noop_authz(
+    *, log_dir: Path, port: int | None = None, record: bool = False
+) -> NoopAuthzProcess:
+    """Run this module as a process on ``port`` (default: a free one) and wait for it."""
+    port = free_port() if port is None else port
+    record_path = log_dir / f"noop-authz-{port}.jsonl" if record else None
+    argv = [sys.executable, "-m", "tests.harness.noop_authz", "--listen", f"{LOOPBACK}:{port}"]
+    if record_path is not None:
+        argv += ["--record", str(record_path)]
+    process = start_process(f"noop-authz-{port}", argv, log_dir=log_dir, cwd=_REPO_ROOT)
+    try:
+        wait_for_tcp(LOOPBACK, port, process=process)
+    except BaseException:
+        process.stop()
+        raise
+    return NoopAuthzProcess(process, port, record_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

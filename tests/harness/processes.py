@@ -65,7 +65,7 @@ class ManagedProcess:
             f"{self.log_tail()}\n--- end of {self.name} log ---"
         )
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
@@ -76,15 +76,14 @@ class ManagedProcess:
         Returns the exit code (negative: killed by that signal).
         """
         if self.alive():
-            self.signal(signum)
+            self.send_signal(signum)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
         self._reap_session()
         self._log_file.close()
-        code = self.popen.wait()
-        return code
+        return self.popen.wait()
 
     def kill(self) -> None:
         """SIGKILL the process and everything in its session."""
@@ -153,7 +152,9 @@ def _unused_path(log_dir: Path, name: str) -> Path:
 
 def _check_alive(process: ManagedProcess | None, waiting_for: str) -> None:
     if process is not None and not process.alive():
-        raise StartupError(f"{process.name} exited while waiting for {waiting_for}\n{process.describe()}")
+        raise StartupError(
+            f"{process.name} exited while waiting for {waiting_for}\n{process.describe()}"
+        )
 
 
 def wait_for_tcp(
@@ -179,7 +180,7 @@ def wait_for_tcp(
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """Status and body of a GET, any status (no exception for 4xx/5xx)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")

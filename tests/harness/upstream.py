@@ -26,6 +26,9 @@ from urllib.parse import urlsplit
 
 from tests.harness.ports import LOOPBACK
 
+DEFAULT_STATUSES = {"/deny-401": 401, "/deny-403": 403, "/error-500": 500}
+"""Paths at which the test upstream answers these statuses (response-code cohorts)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReceivedRequest:
@@ -82,7 +85,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests assert on ``requests``, not on stderr."""
 
 

@@ -1,0 +1,347 @@
+"""What only the Redis store has: round trips, coalescing, sharing, outages, NOSCRIPT."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import ConfigurationError, StoreUnavailable
+from sidecar.stores import keys
+from sidecar.stores.base import (
+    ActiveCheck,
+    ActiveResult,
+    CohortCount,
+    LimitCheck,
+    LimitResult,
+    LimitSpec,
+    StorePlan,
+)
+from sidecar.stores.memory import MemoryStore
+from sidecar.stores.open import open_store
+from sidecar.stores.redis import RedisStore
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+POLICY = "shop/reviews"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def realistic_plan(client: str) -> StorePlan:
+    """Three rate limits and a cohort, as a busy policy sends on every request."""
+    who = f"ip={client}"
+    return StorePlan(
+        (
+            ActiveCheck((keys.member_key(POLICY, "scrapers", who),), (True,)),
+            LimitCheck(
+                (
+                    LimitSpec(keys.limit_key(POLICY, "per-ip", who), "sliding_window", 1000, 60_000),
+                    LimitSpec(keys.limit_key(POLICY, "burst", who), "token_bucket", 100, 1_000, 200),
+                    LimitSpec(keys.limit_key(POLICY, "daily", who), "fixed_window", 10**6, 86_400_000),
+                )
+            ),
+            CohortCount(
+                keys.cohort_counter_key(POLICY, "scrapers", who),
+                keys.member_key(POLICY, "scrapers", who),
+                10**6,
+                3_600_000,
+                86_400_000,
+            ),
+        )
+    )
+
+
+def twenty(rule: str = "twenty") -> StorePlan:
+    spec = LimitSpec(keys.limit_key(POLICY, rule, "ip=192.0.2.1"), "sliding_window", 20, 60_000)
+    return StorePlan((LimitCheck((spec,)),))
+
+
+def redis_store(server: RedisServer, **tuning: int) -> RedisStore:
+    store = open_store(server.url, **tuning)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+async def allowed_count(store: RedisStore, plan: StorePlan, attempts: int) -> int:
+    results = await asyncio.gather(*(store.execute(plan) for _ in range(attempts)))
+    return sum(isinstance(r[-1], LimitResult) and r[-1].allowed for r in results)
+
+
+async def test_one_evalsha_per_check(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        await store.execute(realistic_plan("198.51.100.1"))  # loads the script
+        clean_redis.command("CONFIG", "RESETSTAT")
+        for index in range(50):
+            await store.execute(realistic_plan(f"198.51.100.{index % 7}"))
+        await asyncio.gather(*(store.execute(realistic_plan(f"203.0.113.{i}")) for i in range(100)))
+        assert clean_redis.command_calls("evalsha") == 150
+        assert clean_redis.command_calls("eval") == 0
+        assert clean_redis.command_calls("script|load") == 0
+    finally:
+        await store.close()
+
+
+async def test_checks_of_one_loop_turn_share_one_pipeline(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        await store.execute(realistic_plan("198.51.100.1"))
+        batches, scripts = store.batches, store.scripts
+        await asyncio.gather(*(store.execute(realistic_plan(f"203.0.113.{i}")) for i in range(200)))
+        assert store.scripts - scripts == 200
+        assert store.batches - batches == 1
+    finally:
+        await store.close()
+
+
+async def test_many_concurrent_checks_against_twenty(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        # Spread over many loop turns and both lanes, not one tidy batch.
+        async def one() -> bool:
+            await asyncio.sleep(0)
+            (result,) = await store.execute(twenty())
+            return isinstance(result, LimitResult) and result.allowed
+
+        outcomes = await asyncio.gather(*(one() for _ in range(200)))
+        assert sum(outcomes) == 20
+    finally:
+        await store.close()
+
+
+def test_two_event_loops_share_one_limit(clean_redis: RedisServer) -> None:
+    counts: list[int] = []
+
+    def run() -> None:
+        async def main() -> int:
+            store = redis_store(clean_redis, command_timeout_ms=2000)
+            try:
+                return await allowed_count(store, twenty("loops"), 20)
+            finally:
+                await store.close()
+
+        counts.append(asyncio.run(main()))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(counts) == 2
+    assert sum(counts) == 20
+
+
+CHILD = """
+import asyncio, sys
+from sidecar.stores.base import LimitCheck, LimitResult, LimitSpec, StorePlan
+from sidecar.stores.open import open_store
+
+async def main():
+    store = open_store(sys.argv[1], command_timeout_ms=2000)
+    spec = LimitSpec(sys.argv[2], "sliding_window", 20, 60_000)
+    plan = StorePlan((LimitCheck((spec,)),))
+    results = await asyncio.gather(*(store.execute(plan) for _ in range(20)))
+    await store.close()
+    print(sum(r[0].allowed for r in results))
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_share_one_limit(clean_redis: RedisServer) -> None:
+    key = keys.limit_key(POLICY, "processes", "ip=192.0.2.1")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, clean_redis.url, key],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for _ in range(2)
+    ]
+    counts = [int(child.communicate(timeout=60)[0].strip()) for child in children]
+    assert all(child.returncode == 0 for child in children)
+    assert sum(counts) == 20
+
+
+async def test_noscript_after_script_flush(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        await store.execute(twenty())
+        clean_redis.command("SCRIPT", "FLUSH")
+        clean_redis.command("CONFIG", "RESETSTAT")
+        results = await asyncio.gather(*(store.execute(twenty()) for _ in range(5)))
+        assert all(isinstance(r[0], LimitResult) and r[0].allowed for r in results)
+        assert clean_redis.command_calls("script|load") == 1
+        (result,) = await store.execute(twenty())
+        assert isinstance(result, LimitResult)
+        assert result.states[0].remaining == 13  # counting went on: 1 + 5 + this one
+    finally:
+        await store.close()
+
+
+async def test_over_limit_keys_are_denied_without_a_round_trip(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    spec = LimitSpec(keys.limit_key(POLICY, "two", "ip=192.0.2.1"), "fixed_window", 2, 60_000)
+    only_limit = StorePlan((LimitCheck((spec,)),))
+    block = keys.block_key(POLICY, "ip", "192.0.2.1")
+    with_block_check = StorePlan((ActiveCheck((block,), (True,)), LimitCheck((spec,))))
+    try:
+        for _ in range(3):
+            await store.execute(only_limit)
+        clean_redis.command("CONFIG", "RESETSTAT")
+        for _ in range(10):
+            (result,) = await store.execute(only_limit)
+            assert isinstance(result, LimitResult)
+            assert not result.allowed
+            assert 0 < result.states[0].retry_after_ms <= 60_000
+        assert clean_redis.command_calls("evalsha") == 0
+        # What precedes the full limit still runs (a block outranks a rate limit).
+        active, limited = await store.execute(with_block_check)
+        assert active == ActiveResult((None,), (0,))
+        assert isinstance(limited, LimitResult)
+        assert not limited.allowed
+        assert clean_redis.command_calls("evalsha") == 1
+        # A different key is not affected.
+        other = LimitSpec(keys.limit_key(POLICY, "two", "ip=192.0.2.2"), "fixed_window", 2, 60_000)
+        (fresh,) = await store.execute(StorePlan((LimitCheck((other,)),)))
+        assert isinstance(fresh, LimitResult)
+        assert fresh.allowed
+    finally:
+        await store.close()
+
+
+async def test_the_local_denial_ends_with_the_window(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    spec = LimitSpec(keys.limit_key(POLICY, "short", "ip=192.0.2.1"), "sliding_window", 1, 300)
+    only_limit = StorePlan((LimitCheck((spec,)),))
+    try:
+        await store.execute(only_limit)
+        (denied,) = await store.execute(only_limit)
+        assert isinstance(denied, LimitResult)
+        assert not denied.allowed
+        await asyncio.sleep(denied.states[0].retry_after_ms / 1000 + 0.02)
+        (again,) = await store.execute(only_limit)
+        assert isinstance(again, LimitResult)
+        assert again.allowed
+    finally:
+        await store.close()
+
+
+async def test_redis_stopped_mid_test_then_restarted(own_redis: RedisServer) -> None:
+    errors: list[str] = []
+    store = redis_store(
+        own_redis,
+        command_timeout_ms=50,
+        failure_threshold=3,
+        probe_interval_ms=100,
+        on_error=errors.append,
+    )
+    try:
+        (result,) = await store.execute(twenty())
+        assert isinstance(result, LimitResult)
+        await store.ping()
+        own_redis.stop()
+
+        failures = 0
+        started = time.monotonic()
+        while failures < 20:
+            before = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await store.execute(twenty())
+            assert time.monotonic() - before < 0.5  # never waits long
+            failures += 1
+        assert time.monotonic() - started < 2
+        # The breaker is open: a call now costs no socket at all.
+        before = time.perf_counter()
+        for _ in range(100):
+            with pytest.raises(StoreUnavailable, match="circuit open"):
+                await store.execute(twenty())
+        assert (time.perf_counter() - before) / 100 < 0.001
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        assert len(errors) == 120
+        assert set(errors) == {"redis"}
+
+        own_redis.start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                (result,) = await store.execute(twenty())
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not recover"
+                await asyncio.sleep(0.05)
+        assert isinstance(result, LimitResult)
+        assert result.allowed
+        assert result.states[0].remaining == 19  # a fresh, empty Redis
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_hung_redis_times_out_quickly(own_redis: RedisServer) -> None:
+    store = redis_store(own_redis, command_timeout_ms=50, failure_threshold=3)
+    try:
+        await store.execute(twenty())
+        own_redis.pause()
+        try:
+            before = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="no answer within 50 ms"):
+                await store.execute(twenty())
+            assert time.monotonic() - before < 0.3
+        finally:
+            own_redis.resume()
+        (result,) = await store.execute(twenty())  # one timeout did not open the circuit
+        assert isinstance(result, LimitResult)
+    finally:
+        await store.close()
+
+
+async def test_a_restart_between_checks_costs_no_failed_check(own_redis: RedisServer) -> None:
+    store = redis_store(own_redis, command_timeout_ms=500)
+    try:
+        await store.execute(twenty())
+        own_redis.restart()
+        (result,) = await store.execute(twenty())  # the idle socket is dialled again
+        assert isinstance(result, LimitResult)
+        assert result.states[0].remaining == 19
+    finally:
+        await store.close()
+
+
+async def test_revoke_and_unblock_go_to_redis(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis)
+    try:
+        await store.revoke("jti-42", 3600)
+        ttl = int(clean_redis.command("TTL", keys.revocation_key("jti-42")))
+        assert 3590 < ttl <= 3600
+        clean_redis.command("SET", keys.block_key(POLICY, "subject", "eve*"), "1")
+        clean_redis.command("SET", keys.member_key(POLICY, "c", "subject=eve*"), "1")
+        clean_redis.command("SET", keys.member_key(POLICY, "c", "subject=eve2"), "1")
+        assert await store.unblock(POLICY, "subject", "eve*") == 2  # '*' is not a wildcard
+        assert clean_redis.command("EXISTS", keys.member_key(POLICY, "c", "subject=eve2")) == "1"
+    finally:
+        await store.close()
+
+
+def test_store_urls() -> None:
+    assert isinstance(open_store(None), MemoryStore)
+    assert isinstance(open_store("memory://"), MemoryStore)
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:secret@redis.example:6380/1",
+        "redis+sentinel://:secret@10.0.0.1:26379,10.0.0.2:26379/mymaster/2",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+    ):
+        assert isinstance(open_store(url), RedisStore)
+    with pytest.raises(ConfigurationError, match="unsupported store URL scheme 'mongodb'"):
+        open_store("mongodb://localhost")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        open_store("redis://localhost", command_timeout_ms=0)

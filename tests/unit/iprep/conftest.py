@@ -1,0 +1,40 @@
+"""Fixtures for IP intelligence tests: MaxMind's published test databases.
+
+``mmdb`` maps a short name to each file of ``../shared/testdata/mmdb/`` (its README
+lists which address is Tor, VPN, which country and which ASN in them);
+``test_databases`` is the set a sidecar would typically load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MMDB_DIR = Path(
+    os.environ.get(
+        "ABUSE_SIDECAR_MMDB_TESTDATA",
+        Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "mmdb",
+    )
+)
+FILES = {
+    "anonymous": "GeoIP2-Anonymous-IP-Test.mmdb",
+    "country": "GeoIP2-Country-Test.mmdb",
+    "city": "GeoIP2-City-Test.mmdb",
+    "asn": "GeoLite2-ASN-Test.mmdb",
+    "connection_type": "GeoIP2-Connection-Type-Test.mmdb",
+}
+
+
+@pytest.fixture(scope="session")
+def mmdb() -> dict[str, Path]:
+    paths = {name: MMDB_DIR / file for name, file in FILES.items()}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    assert not missing, f"MaxMind test databases missing: {missing}"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def test_databases(mmdb: dict[str, Path]) -> list[Path]:
+    return [mmdb["anonymous"], mmdb["country"], mmdb["asn"]]

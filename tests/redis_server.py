@@ -161,9 +161,12 @@ class RedisClusterServers:
                 RedisServer(
                     node_dir,
                     extra_args=(
-                        "--cluster-enabled", "yes",
-                        "--cluster-config-file", str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout", "2000",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "2000",
                     ),  # fmt: skip
                     name=f"redis-cluster-{index}",
                 )
@@ -179,7 +182,15 @@ class RedisClusterServers:
             node.start()
         addresses = [f"{node.host}:{node.port}" for node in self.nodes]
         done = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,

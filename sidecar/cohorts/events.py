@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+
+from sidecar.model.policy import NotificationSpec
 
 EVENT_TYPE = "cohort.joined"
 _MAX_TEXT = 256
@@ -154,3 +157,28 @@ class FirstSeen:
         if seen is None or now - seen > window_seconds:
             return now - window_seconds
         return seen
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationTarget:
+    """One ``spec.notifications`` entry, compiled with the policy."""
+
+    name: str
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    email_to: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: NotificationSpec) -> NotificationTarget:
+        return cls(
+            name=spec.name,
+            webhook_url=spec.webhook.url if spec.webhook else None,
+            webhook_secret=spec.webhook.secret if spec.webhook else None,
+            email_to=tuple(spec.email.to) if spec.email else (),
+        )
+
+
+class NotificationSink(Protocol):
+    """Where steps hand membership events; must return at once (it is on the Check path)."""
+
+    def submit(self, event: MembershipEvent, targets: Sequence[NotificationTarget]) -> None: ...

@@ -54,6 +54,9 @@ PAGE_INFO = "pageInfo"
 NODE = "node"
 SCHEMALESS_SIZED = frozenset((NODES,))
 _SKIP_DIRECTIVES = frozenset(("skip", "include"))
+# A fragment that applies to more object types than this is charged in full (an
+# upper bound) rather than per type, so huge unions cannot make the walk slow.
+MAX_GROUPED_TYPES = 32
 
 
 class _Missing:
@@ -538,6 +541,6 @@ def _applies_to(parent: TypeCost | None, condition: TypeCost | None) -> frozense
     if parent is None or condition is None or condition is parent:
         return None
     applies = parent.possible & condition.possible
-    if applies == parent.possible:
+    if applies == parent.possible or len(applies) > MAX_GROUPED_TYPES:
         return None
     return applies

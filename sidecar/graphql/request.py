@@ -47,8 +47,8 @@ class OperationRequest:
 class GraphQLRequest:
     operations: tuple[OperationRequest, ...]
     batched: bool = False
-    # False when the outcome depends on the persisted-query registry, not only
-    # on the request's bytes.
+    # False when the request uses the persisted-query registry (its outcome, and
+    # the registry's contents, must not be taken from a cache of request bytes).
     cacheable: bool = True
 
 
@@ -163,15 +163,15 @@ def read_request(
             read = _from_object(item, persisted)
             if isinstance(read, Problem):
                 return read
-            operation, from_registry = read
-            cacheable = cacheable and not from_registry
+            operation, uses_registry = read
+            cacheable = cacheable and not uses_registry
             operations.append(operation)
         return GraphQLRequest(tuple(operations), batched=True, cacheable=cacheable)
     read = _from_object(payload, persisted)
     if isinstance(read, Problem):
         return read
-    operation, from_registry = read
-    return GraphQLRequest((operation,), cacheable=not from_registry)
+    operation, uses_registry = read
+    return GraphQLRequest((operation,), cacheable=not uses_registry)
 
 
 def _from_params(
@@ -196,14 +196,14 @@ def _from_params(
     read = _from_object(fields, persisted)
     if isinstance(read, Problem):
         return read
-    operation, from_registry = read
-    return GraphQLRequest((operation,), cacheable=not from_registry)
+    operation, uses_registry = read
+    return GraphQLRequest((operation,), cacheable=not uses_registry)
 
 
 def _from_object(
     payload: object, persisted: PersistedQueries
 ) -> tuple[OperationRequest, bool] | Problem:
-    """One operation object; the flag says whether its query came from the registry."""
+    """One operation object; the flag says whether it uses the persisted-query registry."""
     if not isinstance(payload, dict):
         return _invalid("Each operation must be a JSON object.")
     variables = payload.get("variables")
@@ -221,19 +221,18 @@ def _from_object(
         return _invalid("operationName must be a string.")
     sha256_hex = _persisted_hash(payload.get("extensions"))
     query = payload.get("query")
-    from_registry = False
     if query is None and sha256_hex is not None:
         query = persisted.lookup(sha256_hex)
         if query is None:
             return _invalid(PERSISTED_QUERY_NOT_FOUND)
-        from_registry = True
     elif isinstance(query, str) and sha256_hex is not None:
         persisted.remember(sha256_hex, query)
     if query is None:
         return _invalid("The request has no query.")
     if not isinstance(query, str):
         return _invalid("query must be a string.")
-    return OperationRequest(query, variables, operation_name), from_registry
+    # Requests that use the registry must reach it every time (never cached).
+    return OperationRequest(query, variables, operation_name), sha256_hex is not None
 
 
 def _persisted_hash(extensions: object) -> str | None:

@@ -57,8 +57,10 @@ _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _UTF8, _MAP, _UINT16, _UINT32, _UINT64, _UINT128, _ARRAY, _BOOLEAN = 2, 7, 5, 6, 9, 10, 11, 14
 
 
-class MmdbBuildError(SidecarError):
-    """An input of ``mmdb build`` is unusable; the message names the file and line."""
+class MmdbBuildError(SidecarError, ValueError):
+    """An input of ``mmdb build`` is unusable; the message names the file and line.
+
+    Also a ValueError, so callers treating bad input as a usage error catch it."""
 
 
 def parse_category_args(values: Sequence[str]) -> dict[str, list[Path]]:

@@ -41,9 +41,15 @@ def realistic_plan(client: str) -> StorePlan:
             ActiveCheck((keys.member_key(POLICY, "scrapers", who),), (True,)),
             LimitCheck(
                 (
-                    LimitSpec(keys.limit_key(POLICY, "per-ip", who), "sliding_window", 1000, 60_000),
-                    LimitSpec(keys.limit_key(POLICY, "burst", who), "token_bucket", 100, 1_000, 200),
-                    LimitSpec(keys.limit_key(POLICY, "daily", who), "fixed_window", 10**6, 86_400_000),
+                    LimitSpec(
+                        keys.limit_key(POLICY, "per-ip", who), "sliding_window", 1000, 60_000
+                    ),
+                    LimitSpec(
+                        keys.limit_key(POLICY, "burst", who), "token_bucket", 100, 1_000, 200
+                    ),
+                    LimitSpec(
+                        keys.limit_key(POLICY, "daily", who), "fixed_window", 10**6, 86_400_000
+                    ),
                 )
             ),
             CohortCount(

@@ -247,7 +247,9 @@ async def test_retry_after_is_when_a_request_fits_again(store: Store) -> None:
 
 async def test_fixed_window_reset_is_utc_aligned(store: Store) -> None:
     day = 86_400_000
-    result = await consume(store, limit("daily", algorithm="fixed_window", limit=100, period_ms=day))
+    result = await consume(
+        store, limit("daily", algorithm="fixed_window", limit=100, period_ms=day)
+    )
     until_midnight = day - int(time.time() * 1000) % day
     assert abs(result.states[0].reset_ms - until_midnight) < 1_000
 

@@ -27,7 +27,9 @@ LABELS = {"abuse.sidecar.dev/api-key": "true"}
 
 
 def inline(key: str, id: str, subject: str, plan: str | None = None) -> InlineApiKey:
-    return InlineApiKey(id=id, sha256=hashlib.sha256(key.encode()).hexdigest(), subject=subject, plan=plan)
+    return InlineApiKey(
+        id=id, sha256=hashlib.sha256(key.encode()).hexdigest(), subject=subject, plan=plan
+    )
 
 
 def test_inline_keys_match_by_digest() -> None:
@@ -126,7 +128,9 @@ def test_concurrent_writers_never_expose_a_partial_table() -> None:
 def test_no_plain_key_or_digest_in_reprs() -> None:
     secret = SecretApiKey.from_key(ALICE_KEY, "alice")
     table = SecretKeyTable({("shop", "s"): secret})
-    index = ApiKeyIndex([inline(ALICE_KEY, "k1", "alice")], namespace="shop", selector={}, table=table)
+    index = ApiKeyIndex(
+        [inline(ALICE_KEY, "k1", "alice")], namespace="shop", selector={}, table=table
+    )
     matched = index.match(ALICE_KEY)
     hex_digest = digest_of(ALICE_KEY).hex()
     for text in (repr(secret), repr(table), repr(index), repr(matched), repr(table.entries())):

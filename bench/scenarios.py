@@ -1,0 +1,75 @@
+"""Benchmark scenarios: what the sidecar is loaded with and what wrk sends.
+
+A scenario is a policy set plus a request shape. Add one by calling
+``register(Scenario(...))`` below (a later issue adds ``jwt``, ``ratelimit``,
+...); ``bench/run.py --scenario NAME`` picks it up. A scenario's traffic must be
+*allowed* (2xx): a benchmark full of denials measures something else, and the
+runner reports non-2xx answers as errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+POLICIES_DIR = BENCH_DIR / "policies"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    """One sentence for the report: what is bound and what each request exercises."""
+    policies: tuple[Path, ...]
+    default_policy: str | None = None
+    method: str = "GET"
+    path: str = "/"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+    lua: str = ""
+    """Extra wrk Lua (e.g. a ``request`` function varying each request); the runner
+    appends its own ``done`` reporter, so do not define ``done``."""
+    sidecar_args: tuple[str, ...] = ()
+    needs_redis: bool = False
+    """Start a redis-server and pass ``--redis-url`` to the sidecar."""
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def register(scenario: Scenario) -> Scenario:
+    if scenario.name in SCENARIOS:
+        raise ValueError(f"scenario {scenario.name!r} registered twice")
+    SCENARIOS[scenario.name] = scenario
+    return scenario
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def request_lua(scenario: Scenario) -> str:
+    """wrk's request setup for ``scenario`` (method, path, headers, body, extra Lua)."""
+    lines = [f"wrk.method = {_lua_string(scenario.method)}", f"wrk.path = {_lua_string(scenario.path)}"]
+    for name, value in scenario.headers.items():
+        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+    if scenario.body is not None:
+        lines.append(f"wrk.body = {_lua_string(scenario.body)}")
+    if scenario.lua:
+        lines.append(scenario.lua)
+    return "\n".join(lines) + "\n"
+
+
+register(
+    Scenario(
+        name="honeypots",
+        description=(
+            "one policy bound to every request with honeypots only; "
+            "plain GET / (allowed: block lookup + honeypot match + OK with upstream headers)"
+        ),
+        policies=(POLICIES_DIR / "honeypots.yaml",),
+        default_policy="bench/honeypots",
+    )
+)

@@ -108,6 +108,7 @@ fragment RepositoryCard on Repository {
   nameWithOwner
   description
   url
+  homepageUrl
   isPrivate
   isArchived
   stargazerCount

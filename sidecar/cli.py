@@ -195,20 +195,10 @@ def _print_text(result: dict[str, Any]) -> None:
 
 
 def _mmdb(args: argparse.Namespace) -> int:
-    from sidecar.iprep.build import build_mmdb
+    from sidecar.iprep.build import build_mmdb, parse_category_args
 
-    categories: dict[str, list[Path]] = {}
-    for item in args.category:
-        name, sep, file = item.partition("=")
-        if not sep or not name or not file:
-            print(
-                f"abuse-sidecar mmdb build: --category {item!r} is not NAME=CIDR_LIST_FILE",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        categories.setdefault(name, []).append(Path(file))
     try:
-        count = build_mmdb(args.out, categories)
+        count = build_mmdb(args.out, parse_category_args(args.category))
     except (OSError, ValueError) as exc:
         print(f"abuse-sidecar mmdb build: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -179,7 +179,9 @@ def main() -> None:
     variables = {"owner": "octo-org", "first": 10}
     first = analyser.analyse(QUERY_2KB, variables, "RepositoryDashboard")
     assert first.allowed, first
-    cached = per_call_us(lambda: analyser.analyse(QUERY_2KB, variables, "RepositoryDashboard"), 20000)
+    cached = per_call_us(
+        lambda: analyser.analyse(QUERY_2KB, variables, "RepositoryDashboard"), 20000
+    )
 
     def uncached() -> object:
         return analyser.analyse_uncached(QUERY_2KB, variables, "RepositoryDashboard")

@@ -52,7 +52,10 @@ def _lua_string(text: str) -> str:
 
 def request_lua(scenario: Scenario) -> str:
     """wrk's request setup for ``scenario`` (method, path, headers, body, extra Lua)."""
-    lines = [f"wrk.method = {_lua_string(scenario.method)}", f"wrk.path = {_lua_string(scenario.path)}"]
+    lines = [
+        f"wrk.method = {_lua_string(scenario.method)}",
+        f"wrk.path = {_lua_string(scenario.path)}",
+    ]
     for name, value in scenario.headers.items():
         lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
     if scenario.body is not None:

@@ -78,38 +78,62 @@ class Application:
         if s.geoip:
             from sidecar.iprep.mmdb import GeoIpDatabases
 
-            geoip = GeoIpDatabases(list(s.geoip))
+            geoip = GeoIpDatabases(list(s.geoip), poll_seconds=s.geoip_poll_seconds)
             await geoip.start()
             self.resources.geoip = geoip
             self._closers.append(geoip.aclose)
-        try:  # TEMPORARY until identity lands
-            from sidecar.identity.api_keys import SecretKeyTable
-            from sidecar.identity.jwks import JwksRegistry
-        except ImportError:
-            return
+        from sidecar.identity.api_keys import SecretKeyTable
+        from sidecar.identity.jwks import JwksRegistry
+
         jwks = JwksRegistry()
         await jwks.start()
         self.resources.jwks = jwks
         self.resources.secret_keys = SecretKeyTable()
         self._closers.append(jwks.aclose)
 
+    async def _open_notifier(self) -> None:
+        """Cohort notifications: compiled policies hand membership events to it."""
+        from sidecar.cohorts.notify import Notifier
+        from sidecar.cohorts.smtp import SmtpSettings
+
+        s = self.settings
+        smtp = SmtpSettings.parse(s.smtp_url, s.smtp_from) if s.smtp_url else None
+        notifier = Notifier(smtp_settings=smtp)
+        await notifier.start()
+        self.resources.notifier = notifier
+        self._closers.append(notifier.aclose)
+
     async def start(self) -> None:
         s = self.settings
         await self._open_resources()
+        await self._open_notifier()
         self.store = open_store(s)
         self._closers.append(self.store.close)
         self.files.load_all()
         await self.files.start()
         self._closers.append(self.files.aclose)
         if self.serves_grpc:
-            authorizer = Authorizer(self.registry, Engine(self.store, MemoryStore()))
-            self.grpc = GrpcServer(authorizer, s.grpc_listen_for_worker())
+            from sidecar.cohorts.als import AccessLogReceiver
+
+            fallback = MemoryStore()  # failureMode open: shared by Check and the access-log stream
+            authorizer = Authorizer(self.registry, Engine(self.store, fallback))
+            access_logs = AccessLogReceiver(lambda: self.registry.current, self.store, fallback)
+            self.grpc = GrpcServer(
+                authorizer, s.grpc_listen_for_worker(), extra_services=[access_logs.register]
+            )
             await self.grpc.start()
         else:
             self._spawn_workers()
         if not self.is_worker:
+            from sidecar.cohorts.members import CohortMembers
+
+            members = CohortMembers(self.store, lambda: self.registry.current)
             self.admin = AdminServer(s.admin_listen, self.readiness, self.policies_view)
+            self.admin.add_route("GET", "/cohorts/members", members.list_members)
+            self.admin.add_route("DELETE", "/cohorts/members", members.remove_member)
             await self.admin.start()
+            await members.start()  # abuse_sidecar_cohort_members
+            self._closers.append(members.aclose)
 
     def _spawn_workers(self) -> None:
         for index in range(self.settings.workers):

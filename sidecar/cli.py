@@ -220,7 +220,10 @@ def _revoke(args: argparse.Namespace) -> int:
     from sidecar.errors import StoreUnavailable
     from sidecar.model.durations import parse_duration
 
+    from sidecar.identity.revocation import validate_jti
+
     try:
+        validate_jti(args.jti)
         ttl = parse_duration(args.ttl)
         asyncio.run(_with_store(args.redis_url, lambda store: store.revoke(args.jti, ttl)))
     except (ValueError, StoreUnavailable) as exc:

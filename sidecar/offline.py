@@ -41,6 +41,20 @@ async def explain_offline(
         from sidecar.iprep.mmdb import GeoIpDatabases
 
         resources.geoip = GeoIpDatabases(list(geoip))
+    from sidecar.identity.jwks import JwksRegistry
+
+    jwks = JwksRegistry()
+    await jwks.start()
+    resources.jwks = jwks
+    try:
+        return await _explain(policies, resources, request, default_policy)
+    finally:
+        await jwks.aclose()
+
+
+async def _explain(
+    policies: Sequence[Path], resources: Resources, request: OfflineRequest, default_policy: str | None
+) -> dict[str, Any]:
     registry = PolicyRegistry(resources, default_policy)
     errors: list[str] = []
     for path in policy_files(policies):
@@ -50,6 +64,8 @@ async def explain_offline(
         errors.extend(str(d.error) for d in documents if d.error is not None)
         registry.replace_source(f"file:{path}", documents, publish=False)
     snapshot = registry.publish()
+    if resources.jwks is not None:
+        await resources.jwks.wait_ready(5.0)  # jwksUri keys fetched before judging a token
     errors.extend(s.error for s in snapshot.states if s.error and s.error not in errors)
     if errors:
         raise ValueError("; ".join(errors))

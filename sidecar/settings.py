@@ -34,6 +34,8 @@ class Settings:
     """Shared store; without it state is per process and lost on exit."""
     geoip: tuple[Path, ...] = ()
     """MaxMind databases (Anonymous IP, Country/City, ASN, or our own category DBs)."""
+    geoip_poll_seconds: float = 10.0
+    """How often the ``--geoip`` files are checked for replacement (0: never)."""
     grpc_listen: str = "0.0.0.0:9001"
     admin_listen: str = "0.0.0.0:9090"
     workers: int = 1
@@ -159,5 +161,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trace_sampling=float(_env("--trace-sampling", "1.0") or "1.0"),
         store_timeout_ms=int(_env("--store-timeout-ms", "50") or "50"),
         drain_seconds=float(_env("--drain-seconds", "5") or "5"),
+        geoip_poll_seconds=float(_env("--geoip-poll-seconds", "10") or "10"),
         worker_index=int(worker_env) if worker_env else None,
     )

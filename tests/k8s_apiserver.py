@@ -34,6 +34,7 @@ Test hooks on :class:`KubeApiServer`: :meth:`~KubeApiServer.compact`,
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import email.message
@@ -98,7 +99,9 @@ class ApiError(Exception):
         code: int,
         reason: str,
         message: str,
+        /,
         details: Json | None = None,
+        *,
         headers: Sequence[tuple[str, str]] = (),
         metadata: Json | None = None,
     ) -> None:
@@ -131,9 +134,11 @@ class PageNotFound(Exception):
 
 def _details(
     name: str | None = None,
+    /,
     group: str = "",
     kind: str | None = None,
     uid: str | None = None,
+    *,
     causes: Sequence[Cause] = (),
     retry_after: int | None = None,
 ) -> Json:
@@ -450,7 +455,7 @@ class LabelSelector:
     @classmethod
     def parse(cls, text: str) -> LabelSelector:
         """The apimachinery selector grammar; errors carry its messages (400 BadRequest)."""
-        tokens = [t for t in _SELECTOR_TOKEN.findall(text) if t]
+        tokens: list[str] = [t for t in _SELECTOR_TOKEN.findall(text) if t]
         if "".join(tokens) != re.sub(r"\s+", "", text):
             raise bad_request(f"unable to parse requirement: invalid selector {text!r}")
         reqs: list[Requirement] = []
@@ -653,7 +658,8 @@ def _cause(error: jsonschema.ValidationError) -> Cause:
         name = missing.group(1) if missing else "?"
         return Cause("FieldValueRequired", "Required value", f"{where}.{name}" if where else name)
     if validator == "enum":
-        allowed = ", ".join(_go_value(v) for v in error.validator_value)
+        choices: list[Any] = error.schema.get("enum", []) if isinstance(error.schema, dict) else []
+        allowed = ", ".join(_go_value(v) for v in choices)
         return Cause(
             "FieldValueNotSupported",
             f"Unsupported value: {_go_value(error.instance)}: supported values: {allowed}",
@@ -739,19 +745,21 @@ def json_patch(doc: Any, operations: Any) -> Any:
                 value = copy.deepcopy(value)
                 if kind == "move":
                     del source[int(last) if isinstance(source, list) else last]
-                kind, op = "add", {"value": value}
+                kind, new_value = "add", value
+            else:
+                new_value = op.get("value")
             if not parts:
                 if kind in ("add", "replace"):
-                    doc = copy.deepcopy(op["value"])
+                    doc = copy.deepcopy(new_value)
                     continue
                 raise _generic_invalid()
             parent, last = _container(doc, parts)
             if isinstance(parent, list):
                 index = len(parent) if last == "-" else int(last)
                 if kind == "add":
-                    parent.insert(index, copy.deepcopy(op["value"]))
+                    parent.insert(index, copy.deepcopy(new_value))
                 elif kind == "replace":
-                    parent[index] = copy.deepcopy(op["value"])
+                    parent[index] = copy.deepcopy(new_value)
                 elif kind == "remove":
                     del parent[index]
                 else:
@@ -760,7 +768,7 @@ def json_patch(doc: Any, operations: Any) -> Any:
                 if kind in ("replace", "remove") and last not in parent:
                     raise _generic_invalid()
                 if kind in ("add", "replace"):
-                    parent[last] = copy.deepcopy(op["value"])
+                    parent[last] = copy.deepcopy(new_value)
                 elif kind == "remove":
                     del parent[last]
                 else:
@@ -1142,6 +1150,17 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Ownership:
+    """Who writes: the field manager, the operation, the subresource, and for an Apply the
+    fields it applied."""
+
+    manager: str
+    operation: Literal["Update", "Apply"]
+    subresource: str | None
+    applied: set[FieldPath] | None = None
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     method: str
     path: str
@@ -1181,7 +1200,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def send_head_only(self, code: int, headers: Sequence[tuple[str, str]]) -> None:
@@ -1300,6 +1319,8 @@ class KubeApiServer:
         for ns in namespaces:
             self.ensure_namespace(ns)
         self._seed_kubernetes_service()
+        # The watch cache starts when the server does: older RVs are already "too old".
+        self.compact()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -1444,7 +1465,7 @@ class KubeApiServer:
         with self.store.lock:
             return self.store.get(self.resource(plural), namespace, name)
 
-    def list(self, plural: str) -> list[Json]:
+    def objects(self, plural: str) -> list[Json]:
         with self.store.lock:
             return self.store.items(self.resource(plural))
 
@@ -1485,7 +1506,7 @@ class KubeApiServer:
                         "labels": {"component": "apiserver", "provider": "kubernetes"},
                     },
                     "spec": {
-                        "ports": [{"name": "https", "port": 443, "targetPort": 6443}],
+                        "ports": [{"name": "https", "port": 443, "targetPort": self.port}],
                         "clusterIP": "10.96.0.1",
                     },
                 },
@@ -1522,10 +1543,8 @@ class KubeApiServer:
                 stream.dropped = not clean
                 stream.items.put(_Item("close"))
                 if not clean:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
         return len(streams)
 
     def send_bookmarks(self) -> int:
@@ -1690,7 +1709,9 @@ class KubeApiServer:
                         fault.times -= 1
                     headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after else []
                     details = _details(retry_after=fault.retry_after) if fault.retry_after else None
-                    raise ApiError(fault.code, fault.reason, fault.message, details, headers)
+                    raise ApiError(
+                        fault.code, fault.reason, fault.message, details, headers=headers
+                    )
 
     def _route(self, path: str) -> Target | None:
         if path in ("/version", "/version/"):
@@ -1800,7 +1821,7 @@ class KubeApiServer:
         raise ApiError(
             405,
             "MethodNotAllowed",
-            f"the server does not allow this method on the requested resource",
+            "the server does not allow this method on the requested resource",
         )
 
     def _not_found(self, rtype: ResourceType, name: str) -> ApiError:
@@ -1891,7 +1912,10 @@ class KubeApiServer:
             "kind": rtype.list_kind,
             "apiVersion": rtype.api_version,
             "metadata": meta,
-            "items": [render(rtype, obj) for _, obj in page],
+            # Items of built-in lists carry no kind/apiVersion; custom resources keep theirs.
+            "items": [
+                render(rtype, obj if rtype.custom else _without_type(obj)) for _, obj in page
+            ],
         }
         return _sorted_deep(body) if rtype.custom else body
 
@@ -2118,6 +2142,7 @@ class KubeApiServer:
 
     def _prepare(self, rtype: ResourceType, obj: Json, name: str) -> None:
         """Kind defaults, CRD pruning/defaults and validation (raises 422)."""
+        _tidy(obj)
         if rtype is _SERVICES:
             _default_service(obj, self._cluster_ips)
         elif rtype is _SECRETS:
@@ -2222,9 +2247,9 @@ class KubeApiServer:
         if validate:
             self._prepare(rtype, obj, name)
         if applied is None:
-            self._own(rtype, None, obj, manager, "Update", None)
+            self._own(rtype, None, obj, Ownership(manager, "Update", None))
         else:
-            self._own(rtype, None, obj, manager, "Apply", None, applied(obj))
+            self._own(rtype, None, obj, Ownership(manager, "Apply", None, applied(obj)))
         return self.store.commit(rtype, "ADDED", None, obj)
 
     def _current(self, target: Target) -> Json:
@@ -2367,13 +2392,19 @@ class KubeApiServer:
                 owner += f" using {entry.get('apiVersion')}"
             owned = _owned_from_fields_v1(entry.get("fieldsV1") or {})
             for path in sorted(leaves):
-                if path in owned and path in current_leaves and current_leaves[path] != leaves[path]:
+                if (
+                    path in owned
+                    and path in current_leaves
+                    and current_leaves[path] != leaves[path]
+                ):
                     conflicts.append((owner, path))
         if conflicts and not force:
             by_owner: dict[str, list[str]] = {}
             for owner, path in conflicts:
                 by_owner.setdefault(owner, []).append(f"- {_path_text(path)}")
-            summary = "\n".join(f"conflicts with {o}:\n" + "\n".join(p) for o, p in by_owner.items())
+            summary = "\n".join(
+                f"conflicts with {o}:\n" + "\n".join(p) for o, p in by_owner.items()
+            )
             count = len(conflicts)
             raise ApiError(
                 409,
@@ -2445,7 +2476,11 @@ class KubeApiServer:
         if rtype.tracks_generation and _spec_of(new) != _spec_of(current):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         self._own(
-            rtype, current, new, manager, operation, target.subresource, applied_leaves, keys_at
+            rtype,
+            current,
+            new,
+            Ownership(manager, operation, target.subresource, applied_leaves),
+            keys_at,
         )
         if _without_times(new) == _without_times(current):
             return current
@@ -2456,14 +2491,17 @@ class KubeApiServer:
         rtype: ResourceType,
         old: Json | None,
         new: Json,
-        manager: str,
-        operation: str,
-        subresource: str | None,
-        applied_leaves: set[FieldPath] | None = None,
+        who: Ownership,
         keys_at: Callable[[tuple[str, ...]], tuple[str, ...] | None] | None = None,
     ) -> None:
         """Record field ownership in managedFields: an Update takes the fields it changed from
         everyone; an Apply owns exactly the fields it applied."""
+        manager, operation, subresource, applied_leaves = (
+            who.manager,
+            who.operation,
+            who.subresource,
+            who.applied,
+        )
         if keys_at is None:
             custom = self._crs.get(rtype.plural)
             schema = custom.schema if custom else None
@@ -2575,6 +2613,18 @@ def _continue_token(rv: int, start: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _without_type(obj: Mapping[str, Any]) -> Json:
+    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+def _tidy(obj: Json) -> None:
+    """Empty metadata maps and lists are omitted, as Go's ``omitempty`` does."""
+    meta = _meta(obj)
+    for key in ("labels", "annotations", "finalizers", "ownerReferences"):
+        if key in meta and not meta[key]:
+            del meta[key]
+
+
 def _spec_of(obj: Mapping[str, Any]) -> Json:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
@@ -2602,8 +2652,8 @@ def _peer_closed(connection: socket.socket) -> bool:
 def _default_service(obj: Json, cluster_ips: Iterator[str]) -> None:
     spec = dict(obj.get("spec") or {})
     ports = []
-    for port in spec.get("ports") or []:
-        port = dict(port)
+    for given in spec.get("ports") or []:
+        port = dict(given)
         port.setdefault("protocol", "TCP")
         port.setdefault("targetPort", port.get("port"))
         ports.append(

@@ -147,6 +147,18 @@ class RedisServer:
         self.close()
 
 
+def _cluster_args(node_dir: Path) -> tuple[str, ...]:
+    config = str(node_dir / "nodes.conf")
+    return (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        config,
+        "--cluster-node-timeout",
+        "2000",
+    )
+
+
 class RedisClusterServers:
     """Three cluster-enabled masters on loopback, joined by ``redis-cli --cluster create``."""
 
@@ -160,14 +172,7 @@ class RedisClusterServers:
             self.nodes.append(
                 RedisServer(
                     node_dir,
-                    extra_args=(
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                    ),  # fmt: skip
+                    extra_args=_cluster_args(node_dir),
                     name=f"redis-cluster-{index}",
                 )
             )

@@ -40,7 +40,9 @@ def display_key(key: str, sensitive_dimensions: frozenset[str]) -> str:
 
 def sensitive_dimensions(dimensions: tuple[str, ...]) -> frozenset[str]:
     return frozenset(
-        d for d in dimensions if d.startswith("header:") and d[len("header:") :].lower() in SENSITIVE_HEADERS
+        d
+        for d in dimensions
+        if d.startswith("header:") and d[len("header:") :].lower() in SENSITIVE_HEADERS
     )
 
 
@@ -51,7 +53,9 @@ def clip(text: str | None) -> str | None:
 
 
 def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
 
 
 @dataclass(frozen=True, slots=True)

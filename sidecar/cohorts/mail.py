@@ -65,7 +65,9 @@ def _consequence(event: MembershipEvent) -> str:
 
 def _remedy(event: MembershipEvent) -> str:
     query = urlencode({"policy": event.policy, "cohort": event.cohort, "key": event.key})
-    return f"To end the membership now: DELETE /cohorts/members?{query} on the sidecar's admin port."
+    return (
+        f"To end the membership now: DELETE /cohorts/members?{query} on the sidecar's admin port."
+    )
 
 
 def plain_text(event: MembershipEvent) -> str:
@@ -92,13 +94,13 @@ def html_text(event: MembershipEvent) -> str:
         for label, value in _rows(event)
     )
     return (
-        "<!DOCTYPE html>\n<html><body style=\"font-family:sans-serif;font-size:14px\">\n"
+        '<!DOCTYPE html>\n<html><body style="font-family:sans-serif;font-size:14px">\n'
         f"<p><b>{e(event.key)}</b> entered the cohort <b>{e(event.cohort)}</b> "
         f"of policy <b>{e(event.policy)}</b>.</p>\n"
         f"<table>\n{cells}\n</table>\n"
         f"<p>{e(_consequence(event))}</p>\n"
-        f"<p style=\"color:#555\">{e(_remedy(event))}</p>\n"
-        "<p style=\"color:#999\">abuse-sidecar</p>\n</body></html>\n"
+        f'<p style="color:#555">{e(_remedy(event))}</p>\n'
+        '<p style="color:#999">abuse-sidecar</p>\n</body></html>\n'
     )
 
 

@@ -39,7 +39,9 @@ class SmtpSettings:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("smtp", "smtps"):
-            raise ConfigurationError(f"--smtp-url must start with smtp:// or smtps://, not {scheme or url!r}")
+            raise ConfigurationError(
+                f"--smtp-url must start with smtp:// or smtps://, not {scheme or url!r}"
+            )
         if not parts.hostname:
             raise ConfigurationError("--smtp-url has no host: use smtp[s]://[user:pass@]host:port")
         try:
@@ -105,7 +107,9 @@ def send_blocking(settings: SmtpSettings, message: EmailMessage) -> None:
     except SmtpError:
         raise
     except smtplib.SMTPAuthenticationError as exc:
-        raise SmtpError(f"{settings.describe()} refused the credentials: {exc.smtp_code}", retry=False) from exc
+        raise SmtpError(
+            f"{settings.describe()} refused the credentials: {exc.smtp_code}", retry=False
+        ) from exc
     except smtplib.SMTPRecipientsRefused as exc:
         raise SmtpError(f"{settings.describe()} refused every recipient", retry=False) from exc
     except smtplib.SMTPResponseException as exc:
@@ -114,7 +118,9 @@ def send_blocking(settings: SmtpSettings, message: EmailMessage) -> None:
             f"{settings.describe()} answered {exc.smtp_code}", retry=400 <= exc.smtp_code < 500
         ) from exc
     except (smtplib.SMTPException, OSError) as exc:
-        raise SmtpError(f"{settings.describe()}: {exc.__class__.__name__}: {exc}", retry=True) from exc
+        raise SmtpError(
+            f"{settings.describe()}: {exc.__class__.__name__}: {exc}", retry=True
+        ) from exc
 
 
 async def send(settings: SmtpSettings, message: EmailMessage) -> None:

@@ -68,7 +68,9 @@ async def post(
     if 200 <= status < 300:
         return Attempt(True, False, f"HTTP {status}")
     retry = status >= 500 or status in _RETRYABLE_STATUS
-    return Attempt(False, retry, f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
+    return Attempt(
+        False, retry, f"HTTP {status}", _retry_after(response.headers.get("retry-after"))
+    )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -25,7 +25,10 @@ def _section(
     try:
         return build()
     except ValueError as exc:
-        raise PolicyError(source, None, path, str(exc)) from exc
+        # Builders may name the exact field (``spec.identity.jwt.jwks.keys[1].kty``).
+        field = getattr(exc, "field_path", None) or path
+        message = getattr(exc, "message", None) or str(exc)
+        raise PolicyError(source, None, field, message) from exc
 
 
 def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> CompiledPolicy:

@@ -57,7 +57,7 @@ def parse_document(text: str, max_tokens: int) -> ParsedDocument | Problem:
     except RecursionError:
         return _too_deep()
     except GraphQLError as exc:
-        if exc.message.startswith(_TOKEN_LIMIT_MESSAGE):
+        if _TOKEN_LIMIT_MESSAGE in exc.message:
             return Problem(
                 "too_complex",
                 "maxTokens",

@@ -33,7 +33,8 @@ from sidecar.graphql.outcome import Problem
 
 PERSISTED_QUERY_NOT_FOUND = "PersistedQueryNotFound"  # what Apollo clients look for
 
-_JSON_START = (ord("{"), ord("["))
+_JSON_START = (b"{", b"[")
+_NOT_JSON = "The request body is not valid JSON."
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +144,26 @@ def read_request(
             return _invalid("The form body is not UTF-8.")
         return _from_params(form, persisted)
     if kind == "other":
-        kind = "json" if body.lstrip()[:1] and body.lstrip()[0] in _JSON_START else "graphql"
+        # Unknown type: JSON if it reads as JSON, else a document (`{ a }` is both-looking).
+        if body.lstrip()[:1] in _JSON_START:
+            sniffed = _from_json(body, persisted)
+            if not isinstance(sniffed, Problem) or sniffed.message != _NOT_JSON:
+                return sniffed
+        kind = "graphql"
     if kind == "graphql":
         try:
             text = body.decode("utf-8-sig")
         except UnicodeDecodeError:
             return _invalid("The GraphQL document is not UTF-8.")
         return _from_params({**url_params, "query": [text]}, persisted)
+    return _from_json(body, persisted)
+
+
+def _from_json(body: bytes, persisted: PersistedQueries) -> GraphQLRequest | Problem:
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
-        return _invalid("The request body is not valid JSON.")
+        return _invalid(_NOT_JSON)
     if isinstance(payload, list):
         if not payload:
             return _invalid("The batch is empty.")

@@ -114,8 +114,8 @@ def build_cost_schema(sdl: str) -> CostSchema:
 def _describe(error: GraphQLError) -> str:
     locations = error.locations or []
     if locations:
-        where = locations[0]
-        return f"line {where.line}, column {where.column}: {error.message}"
+        where = " and ".join(f"line {at.line}, column {at.column}" for at in locations)
+        return f"{where}: {error.message}"
     return error.message
 
 

@@ -58,7 +58,13 @@ class SecretApiKey:
         plan: str | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> SecretApiKey:
-        """Hash ``key`` immediately; the caller should drop its copy."""
+        """Hash ``key`` immediately; the caller should drop its copy. Raises ValueError
+        for a subject or plan that cannot travel in a header (from Secret annotations)."""
+        for name, value in (("subject", subject), ("plan", plan)):
+            if value is not None and not (0 < len(value) <= 256 and value.isprintable()):
+                raise ValueError(
+                    f"{name} must be 1-256 printable characters (abuse.sidecar.dev/{name})"
+                )
         return cls(digest_of(key), subject, plan, MappingProxyType(dict(labels or {})))
 
 

@@ -6,7 +6,7 @@ all I/O happens in one background task per cache:
 
 - fetch at start, then again before the set goes stale (``Cache-Control: max-age``
   bounded by the settings, else a default lifetime);
-- when a token names an unknown ``kid``, at most one extra fetch per
+- when a token names an unknown ``kid``, at once, but at most one such fetch per
   ``miss_interval_s``, so random ``kid`` values cannot make us hammer the provider;
 - a failed fetch (timeout, HTTP error, bad JSON, no usable key) keeps the last good
   set and retries with backoff.
@@ -85,7 +85,7 @@ class JwksCache:
         self._clock = clock
         self._client = client
         self._keys = EMPTY_KEYS
-        self._last_attempt: float | None = None  # monotonic
+        self._last_miss_wake: float | None = None  # monotonic
         self._failures = 0
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # the first fetch attempt has finished
@@ -107,21 +107,22 @@ class JwksCache:
 
     def note_unknown_kid(self) -> None:
         """Ask for a fetch because a token named a ``kid`` we lack. Rate-limited:
-        ignored within ``miss_interval_s`` of the previous fetch or request."""
+        at most one such fetch per ``miss_interval_s``, however many misses. The
+        first miss after a quiet interval fetches at once, so a provider's new key
+        is picked up on first sight."""
         now = self._clock.monotonic()
-        last = self._last_attempt
+        last = self._last_miss_wake
         if last is not None and now - last < self.settings.miss_interval_s:
             return
         loop = self._loop
         if loop is None or self._task is None:
             return  # not running (offline ``check``): nothing to wake
-        self._last_attempt = now  # claim the slot so a burst of misses wakes us once
+        self._last_miss_wake = now  # claim the slot so a burst of misses wakes us once
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             loop.call_soon_threadsafe(self._wake.set)
 
     async def refresh(self) -> bool:
         """Fetch now; on success swap in the new set. Returns whether it succeeded."""
-        self._last_attempt = self._clock.monotonic()
         self.fetch_attempts += 1
         try:
             document, max_age = await self._fetch()

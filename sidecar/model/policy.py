@@ -73,11 +73,15 @@ class LabelSelector(_Model):
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
+# Subjects and plans travel upstream in x-abuse-subject / x-abuse-plan headers.
+HeaderSafe = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")]
+
+
 class InlineApiKey(_Model):
-    id: Annotated[str, Field(min_length=1, max_length=128)]
+    id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
     sha256: Sha256Hex = Field(description="SHA-256 hex digest of the key; never the key itself.")
-    subject: Annotated[str, Field(min_length=1, max_length=256)]
-    plan: str | None = None
+    subject: HeaderSafe
+    plan: HeaderSafe | None = None
 
 
 class ApiKeySpec(_Model):

@@ -3,12 +3,18 @@
 Steps never import prometheus_client: the server and the sources record here.
 With ``--workers N`` each worker process writes to a shared multiprocess
 directory (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before workers start)
-and the admin server aggregates them.
+and the admin server aggregates them. Gauges say how they combine across
+processes (``multiprocess_mode``); the files of workers that died are reaped at
+each scrape (their counters keep counting, their live gauges go), and the
+supervisor clears files left by an earlier run before it starts workers (a
+reused directory, e.g. an emptyDir, would otherwise mix in stale pids).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -56,7 +62,9 @@ POLICIES = Gauge(
     "abuse_sidecar_policies",
     "Policies by state: ready, or invalid (serving the last good version if any).",
     ["state"],
-    multiprocess_mode="liveall",
+    # Every process loads the same sources; the latest value written is the truth
+    # (liveall would add a pid label and one series per process).
+    multiprocess_mode="livemostrecent",
 )
 COHORT_MEMBERS = Gauge(
     "abuse_sidecar_cohort_members",
@@ -79,10 +87,78 @@ ACCESS_LOG_ENTRIES = Counter(
 )
 
 
+SPANS_EXPORTED = Counter(
+    "abuse_sidecar_trace_spans_exported_total",
+    "Spans accepted by the OTLP collector (--otlp-endpoint).",
+)
+SPANS_DROPPED = Counter(
+    "abuse_sidecar_trace_spans_dropped_total",
+    "Spans not exported: queue_full (collector too slow or down), export_failed.",
+    ["reason"],
+)
+
+# prometheus_client's file names: counter_<pid>.db, histogram_<pid>.db, gauge_<mode>_<pid>.db
+_DB_FILE = re.compile(r"^(?P<kind>[a-z]+(?:_[a-z]+)?)_(?P<pid>\d+)\.db$")
+
+
+def _multiprocess_dir() -> Path | None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(path) if path else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _db_files(directory: Path) -> list[tuple[Path, str, int]]:
+    found = []
+    for path in directory.iterdir():
+        match = _DB_FILE.match(path.name)
+        if match:
+            found.append((path, match["kind"], int(match["pid"])))
+    return found
+
+
+def reap_dead_processes() -> list[int]:
+    """Forget the live gauges of worker processes that exited; their counters and
+    histograms stay (what they counted did happen). Returns the pids reaped."""
+    directory = _multiprocess_dir()
+    if directory is None or not directory.is_dir():
+        return []
+    dead = sorted(
+        {pid for _, kind, pid in _db_files(directory) if kind.startswith("gauge_live") and not _process_alive(pid)}
+    )
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    return dead
+
+
+def clear_stale_files() -> int:
+    """Remove metric files of other processes, left by an earlier run in a reused
+    directory (the supervisor calls this before starting workers). Returns the count."""
+    directory = _multiprocess_dir()
+    if directory is None or not directory.is_dir():
+        return 0
+    own = os.getpid()
+    removed = 0
+    for path, _, pid in _db_files(directory):
+        if pid != own:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The Prometheus text exposition (aggregated over worker processes)."""
     content_type = "text/plain; version=0.0.4; charset=utf-8"
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _multiprocess_dir() is not None:
+        reap_dead_processes()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), content_type

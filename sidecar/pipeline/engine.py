@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from sidecar.compiled.policy import CompiledPolicy
 from sidecar.errors import StoreUnavailable
 from sidecar.iprep.client_ip import client_ip
 from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.step import Step
 from sidecar.pipeline.verdict import Decision, Deny, Reason
 from sidecar.stores.base import Operation, OpResult, Store, StorePlan
 
@@ -34,17 +36,36 @@ _STORE_DOWN = Deny(
 _NO_RESULTS: tuple[OpResult | None, ...] = ()
 
 
+class PipelineTrace(Protocol):
+    """Spans of one sampled Check (``observability/tracing.py``). The engine gets None
+    when tracing is off or the Check is not sampled, and then runs exactly as untraced."""
+
+    def instrument(
+        self, steps: tuple[Step, ...], active_blocks: Step | None, store: Store, fallback: Store
+    ) -> tuple[tuple[Step, ...], Step | None, Store, Store]:
+        """The same steps and stores, each recording its span."""
+        ...
+
+
 class Engine:
     def __init__(self, store: Store, fallback: Store) -> None:
         self.store = store
         self.fallback = fallback  # process-local: used under failureMode open
 
-    async def decide(self, ctx: RequestContext, policy: CompiledPolicy) -> Decision:
+    async def decide(
+        self, ctx: RequestContext, policy: CompiledPolicy, trace: PipelineTrace | None = None
+    ) -> Decision:
         ctx.client_ip = client_ip(
             ctx.source_ip, ctx.headers.get("x-forwarded-for"), policy.xff_trusted_hops
         )
         shadow = policy.shadow
         steps = policy.steps
+        active_blocks = policy.active_blocks
+        store, fallback = self.store, self.fallback
+        if trace is not None:  # once per Check: the untraced path pays nothing per step
+            steps, active_blocks, store, fallback = trace.instrument(
+                steps, active_blocks, store, fallback
+            )
 
         # 1. Local phase.
         ops: list[Operation] = []
@@ -60,8 +81,8 @@ class Engine:
                     break
         # Active blocks are settled first but built last: their keys need the subject.
         active_ops: list[Operation] = []
-        if policy.active_blocks is not None:
-            policy.active_blocks.evaluate(ctx, active_ops)
+        if active_blocks is not None:
+            active_blocks.evaluate(ctx, active_ops)
         offset = len(active_ops)
 
         # 2. Store phase: one call for everything.
@@ -70,7 +91,7 @@ class Engine:
         if active_ops or ops:
             plan = StorePlan(tuple(active_ops + ops), shadow)
             try:
-                results = await self.store.execute(plan)
+                results = await store.execute(plan)
             except StoreUnavailable as exc:
                 if policy.failure_closed:
                     log.warning(
@@ -78,15 +99,15 @@ class Engine:
                     )
                     store_deny = _STORE_DOWN
                 else:
-                    results = await self.fallback.execute(plan)
+                    results = await fallback.execute(plan)
             if store_deny is not None:
                 ctx.report("store", "error", failureMode="closed")
                 return self._finish(ctx, policy, store_deny)
 
         # 3. Settle in contract order.
         first: Deny | None = None
-        if policy.active_blocks is not None:
-            first = policy.active_blocks.settle(ctx, results[:offset])
+        if active_blocks is not None:
+            first = active_blocks.settle(ctx, results[:offset])
             if first is not None and not shadow:
                 return self._finish(ctx, policy, first)
         for index, (start, end) in enumerate(spans):

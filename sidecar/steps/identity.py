@@ -29,7 +29,7 @@ from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.identity.api_keys import ApiKeyIdentity, ApiKeyIndex, SecretKeyTable
 from sidecar.identity.errors import InvalidCredential, MalformedApiKey
 from sidecar.identity.jwk import JwkError, parse_jwks
-from sidecar.identity.jwks import JwksRegistry
+from sidecar.identity.jwks import JwksCache, JwksRegistry
 from sidecar.identity.jwt import (
     DEFAULT_CACHE_SIZE,
     JwtRules,
@@ -195,7 +195,10 @@ class IdentityStep:
                     STEP, "deny", credential=None, subject=None, plan=None, jti_checked=False
                 )
                 return self._deny_missing
-            ctx.report(STEP, "allow", credential=None, subject=None, plan=None, jti_checked=False)
+            if ctx.explain:
+                ctx.report(
+                    STEP, "allow", credential=None, subject=None, plan=None, jti_checked=False
+                )
             return None
 
         ctx.subject = outcome.subject
@@ -205,14 +208,15 @@ class IdentityStep:
         if jti_checked:
             assert outcome.jti is not None
             ops.append(revocation_check(outcome.jti))
-        ctx.report(
-            STEP,
-            "allow",
-            credential=outcome.credential,
-            subject=outcome.subject,
-            plan=outcome.plan,
-            jti_checked=jti_checked,
-        )
+        if ctx.explain:  # spares building the details on every request
+            ctx.report(
+                STEP,
+                "allow",
+                credential=outcome.credential,
+                subject=outcome.subject,
+                plan=outcome.plan,
+                jti_checked=jti_checked,
+            )
         return None
 
     def settle(self, ctx: RequestContext, results: Sequence[OpResult | None]) -> Deny | None:
@@ -303,13 +307,16 @@ def build_identity_step(
     policy_id: str,
     spec: IdentitySpec,
     *,
-    jwks: JwksRegistry,
-    secret_keys: SecretKeyTable,
+    jwks: JwksRegistry | None,
+    secret_keys: SecretKeyTable | None,
     clock: Clock = SYSTEM_CLOCK,
     token_cache_size: int = DEFAULT_CACHE_SIZE,
 ) -> IdentityStep:
     """Compile ``spec.identity`` of policy ``ns/name``. All parsing happens here;
-    raises ``IdentityConfigError`` (a ValueError) naming the field at fault."""
+    raises ``IdentityConfigError`` (a ValueError) naming the field at fault.
+
+    ``jwks``/``secret_keys`` may be None where nothing is served (``validate``):
+    a ``jwksUri`` then gets a cache that never fetches, and no Secret keys exist."""
     if spec.required and spec.api_key is None and spec.jwt is None and not spec.mtls:
         raise IdentityConfigError(
             "spec.identity.required",
@@ -350,9 +357,9 @@ def build_identity_step(
     )
 
 
-def _key_source(spec: JwtSpec, rules: JwtRules, jwks: JwksRegistry) -> KeySource:
+def _key_source(spec: JwtSpec, rules: JwtRules, jwks: JwksRegistry | None) -> KeySource:
     if spec.jwks_uri is not None:
-        return jwks.cache_for(spec.jwks_uri)
+        return jwks.cache_for(spec.jwks_uri) if jwks is not None else JwksCache(spec.jwks_uri)
     assert spec.jwks is not None
     where = "spec.identity.jwt.jwks"
     try:

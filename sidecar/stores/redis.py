@@ -499,7 +499,10 @@ class RedisStore:
                     await self._cluster.initialize()
                     scan["target_nodes"] = self._cluster.get_node_from_key(prefix)
                     client = self._cluster
-                names = [k.decode() if isinstance(k, bytes) else k async for k in client.scan_iter(**scan)]
+                names = [
+                    k.decode() if isinstance(k, bytes) else k
+                    async for k in client.scan_iter(**scan)
+                ]
                 ttls: list[Any] = []
                 if names:
                     pipe = client.pipeline(transaction=False)

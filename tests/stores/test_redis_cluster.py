@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -38,13 +38,13 @@ def cluster() -> Iterator[RedisClusterServers]:
 
 
 @pytest.fixture
-async def cluster_store(cluster: RedisClusterServers) -> RedisStore:
+async def cluster_store(cluster: RedisClusterServers) -> AsyncIterator[RedisStore]:
     for node in cluster.nodes:
         node.command("FLUSHALL")
         node.command("CONFIG", "RESETSTAT")
     store = open_store(cluster.url, command_timeout_ms=2000)
     assert isinstance(store, RedisStore)
-    yield store  # type: ignore[misc]
+    yield store
     await store.close()
 
 

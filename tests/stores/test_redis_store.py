@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ def twenty(rule: str = "twenty") -> StorePlan:
     return StorePlan((LimitCheck((spec,)),))
 
 
-def redis_store(server: RedisServer, **tuning: int) -> RedisStore:
+def redis_store(server: RedisServer, **tuning: Any) -> RedisStore:
     store = open_store(server.url, **tuning)
     assert isinstance(store, RedisStore)
     return store

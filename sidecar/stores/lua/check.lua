@@ -21,12 +21,16 @@
 -- numbers stay below 2^53, where Lua's doubles are exact, and division goes
 -- through idiv so that it floors exactly as Python's // does.
 -- Time is the server's TIME, so every replica agrees on window boundaries.
+-- States are stored as text: window indexes and counts are below 1e14 and print
+-- exactly with Lua's "%.14g"; the token bucket's microsecond time does not, so it
+-- is formatted with "%d".
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allow writes after TIME
 end
 
-local time = redis.call('TIME')
+local call = redis.call
+local time = call('TIME')
 local now_s, now_frac = tonumber(time[1]), tonumber(time[2])
 local now_us = now_s * 1000000 + now_frac
 local now_ms = now_s * 1000 + math.floor(now_frac / 1000)
@@ -73,7 +77,7 @@ local function sliding_window(raw, limit, period, cost)
   local need = cost * period
   if used + need <= capacity then
     return {true, idiv(capacity - used - need, period), window_left, 0,
-      string.format('%d %d %d', window, current + cost, previous), window_left + period}
+      window .. ' ' .. (current + cost) .. ' ' .. previous, window_left + period}
   end
   local retry
   if cost > limit then
@@ -99,7 +103,7 @@ local function fixed_window(raw, limit, period, cost)
   local window_left = period - elapsed
   if count + cost <= limit then
     return {true, limit - count - cost, window_left, 0,
-      string.format('%d %d', window, count + cost), window_left}
+      window .. ' ' .. (count + cost), window_left}
   end
   return {false, math.max(0, limit - count), window_left, window_left}
 end
@@ -139,12 +143,12 @@ while a <= nargs do
   local denies = false
   if op == 'A' then
     local n = tonumber(ARGV[a + 1])
+    local values = call('MGET', unpack(KEYS, k, k + n - 1))
     for i = 1, n do
-      local key = KEYS[k]
-      local value = redis.call('GET', key)
+      local value = values[i]
       if value then
         out[n_out + 1] = value
-        out[n_out + 2] = math.max(1, redis.call('PTTL', key))
+        out[n_out + 2] = math.max(1, call('PTTL', KEYS[k + i - 1]))
         if ARGV[a + 1 + i] == '1' then
           denies = true
         end
@@ -153,11 +157,11 @@ while a <= nargs do
         out[n_out + 2] = 0
       end
       n_out = n_out + 2
-      k = k + 1
     end
+    k = k + n
     a = a + 2 + n
   elseif op == 'R' then
-    local revoked = redis.call('EXISTS', KEYS[k])
+    local revoked = call('EXISTS', KEYS[k])
     out[n_out + 1] = revoked
     n_out = n_out + 1
     denies = revoked == 1
@@ -169,11 +173,12 @@ while a <= nargs do
     local answers = {}
     local costs = {}
     local all = true
+    local raws = call('MGET', unpack(KEYS, k, k + n - 1))
     for i = 1, n do
       local alg = ARGV[a]
       local limit, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
       local burst, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-      local raw = redis.call('GET', KEYS[k + i - 1])
+      local raw = raws[i]
       local answer
       if alg == 's' then
         answer = sliding_window(raw, limit, period, cost)
@@ -195,7 +200,7 @@ while a <= nargs do
       local answer = answers[i]
       local remaining = answer[2]
       if all then
-        redis.call('SET', KEYS[k + i - 1], answer[5], 'PX', answer[6])
+        call('SET', KEYS[k + i - 1], answer[5], 'PX', answer[6])
       elseif answer[1] then
         remaining = remaining + costs[i] -- had room, but nothing was consumed
       end
@@ -209,16 +214,16 @@ while a <= nargs do
   elseif op == 'C' then
     local threshold, period, ttl = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     local counter, member_key = KEYS[k], KEYS[k + 1]
-    local window, current, previous, elapsed = slide(redis.call('GET', counter), period)
+    local window, current, previous, elapsed = slide(call('GET', counter), period)
     current = current + 1
     local window_left = period - elapsed
     local count = idiv(previous * window_left + current * period, period)
-    redis.call('SET', counter, string.format('%d %d %d', window, current, previous),
+    call('SET', counter, window .. ' ' .. current .. ' ' .. previous,
       'PX', window_left + period)
-    local member = redis.call('EXISTS', member_key)
+    local member = call('EXISTS', member_key)
     local became = 0
     if member == 0 and count >= threshold then
-      redis.call('SET', member_key, '1', 'PX', ttl)
+      call('SET', member_key, '1', 'PX', ttl)
       member = 1
       became = 1
     end
@@ -231,7 +236,7 @@ while a <= nargs do
   elseif op == 'B' then
     local n, ttl, value = tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
     for i = 0, n - 1 do
-      redis.call('SET', KEYS[k + i], value, 'PX', ttl)
+      call('SET', KEYS[k + i], value, 'PX', ttl)
     end
     out[n_out + 1] = 1
     n_out = n_out + 1

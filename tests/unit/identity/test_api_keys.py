@@ -159,3 +159,9 @@ def test_revocation_helpers() -> None:
     for bad in ("", "x" * 257, "a\nb"):
         with pytest.raises(ValueError, match="--jti"):
             validate_jti(bad)
+
+
+@pytest.mark.parametrize(("subject", "plan"), [("", None), ("a\nb", None), ("ok", "x" * 257)])
+def test_secret_annotations_must_fit_a_header(subject: str, plan: str | None) -> None:
+    with pytest.raises(ValueError, match="printable"):
+        SecretApiKey.from_key(ALICE_KEY, subject, plan)

@@ -386,3 +386,34 @@ def test_policies_share_one_jwks_cache_per_uri() -> None:
     assert first._jwt is not None
     assert second._jwt is not None
     assert first._jwt.source is second._jwt.source
+
+
+async def test_revoked_jti_through_the_in_process_store() -> None:
+    from sidecar.stores.base import StorePlan
+    from sidecar.stores.memory import MemoryStore
+
+    clock = FakeClock()
+    store = MemoryStore()
+    step = build({"required": True, "jwt": jwt_section()}, clock=clock)
+    bearer = {"authorization": f"Bearer {token(clock, jti='j-9')}"}
+    outcomes = []
+    for revoke_first in (False, True):
+        if revoke_first:
+            await store.revoke("j-9", 60)
+        ctx = request(bearer)
+        deny, ops = run(step, ctx)
+        assert deny is None
+        results = await store.execute(StorePlan(tuple(ops)))
+        settled = step.settle(ctx, results)
+        outcomes.append(None if settled is None else settled.reason)
+    assert outcomes == [None, Reason.REVOKED_CREDENTIALS]
+
+
+def test_building_without_serving_resources_for_validate() -> None:
+    section = {"jwt": jwt_section(jwks=None, jwksUri="https://idp.test/jwks.json")}
+    step = build_identity_step(
+        "shop/reviews", IdentitySpec.model_validate(section), jwks=None, secret_keys=None
+    )
+    deny, _ = run(step, request({"authorization": f"Bearer {token()}"}))
+    assert deny is not None  # no keys were ever fetched: nothing verifies
+    assert deny.reason is Reason.INVALID_CREDENTIALS

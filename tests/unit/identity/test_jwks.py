@@ -64,9 +64,9 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
 
 async def test_refresh_fetches_and_parses(server: JwksServer, clock: FakeClock) -> None:
     cache = JwksCache(server.url, settings=FAST, clock=clock)
-    assert not cache.ready
+    ready_before = cache.ready
     assert await cache.refresh()
-    assert cache.ready
+    assert (ready_before, cache.ready) == (False, True)
     assert list(cache.keys.by_kid) == ["k1"]
     assert server.fetches() == 1
 
@@ -183,7 +183,6 @@ async def test_rotated_key_is_picked_up_without_restart(
     # The provider rotates: k1 is gone, k2 signs new tokens.
     server.set_document(jwks_document(public_jwk(rsa_key(1), "k2")))
     new = mint(rsa_key(1), claims(now=clock.now(), subject="bob"), kid="k2")
-    clock.advance(FAST.miss_interval_s)
     with pytest.raises(errors.UnknownSigningKey):
         verifier.verify(new)  # wakes the background refresh
     await eventually(lambda: "k2" in cache.keys.by_kid)
@@ -202,22 +201,21 @@ async def test_random_kids_do_not_hammer_the_idp(
     await registry.start()
     assert await registry.wait_ready(5)
 
-    async def flood() -> None:
+    async def flood_then_expect(fetches: int) -> None:
         for _ in range(200):
             token = mint(rsa_key(), claims(now=clock.now()), kid=secrets.token_hex(8))
             with pytest.raises(errors.UnknownSigningKey):
                 verifier.verify(token)
             await asyncio.sleep(0)
-        await asyncio.sleep(0.2)  # let any fetch that was triggered happen
+        await eventually(lambda: server.fetches() >= fetches)
+        await asyncio.sleep(0.2)  # room for any further fetch to (wrongly) happen
+        assert server.fetches() == fetches
 
-    await flood()
-    assert server.fetches() == 1  # the initial fetch was moments ago: no extra one
-    clock.advance(FAST.miss_interval_s)
-    await flood()
-    assert server.fetches() == 2  # one per interval, however many misses
+    await flood_then_expect(2)  # the initial fetch, then one for the whole flood
     clock.advance(FAST.miss_interval_s / 2)
-    await flood()
-    assert server.fetches() == 2
+    await flood_then_expect(2)  # within the interval: none
+    clock.advance(FAST.miss_interval_s / 2)
+    await flood_then_expect(3)  # one per interval, however many misses
 
 
 async def test_background_retries_while_idp_fails(
@@ -269,3 +267,18 @@ async def test_aclose_stops_everything(server: JwksServer, clock: FakeClock) -> 
     cache.note_unknown_kid()  # nothing runs it any more
     await asyncio.sleep(0.1)
     assert server.fetches() == 1
+
+
+async def test_scheduled_refresh_before_expiry(server: JwksServer, clock: FakeClock) -> None:
+    short = JwksSettings(default_ttl_s=0.2, min_ttl_s=0.2, max_ttl_s=0.2, refresh_ahead=0.5)
+    registry = JwksRegistry(settings=short, clock=clock)
+    try:
+        cache = registry.cache_for(server.url)
+        await registry.start()
+        await eventually(lambda: cache.ready)
+        server.set_document(jwks_document(public_jwk(rsa_key(1), "k2")))
+        # No token asks for k2: the set is refetched on schedule all the same.
+        await eventually(lambda: "k2" in cache.keys.by_kid, timeout_s=3)
+        assert server.fetches() >= 2
+    finally:
+        await registry.aclose()

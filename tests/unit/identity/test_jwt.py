@@ -6,12 +6,19 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from sidecar.identity import errors
 from sidecar.identity.jwk import KeySet, VerificationKey, parse_jwk, parse_jwks
-from sidecar.identity.jwt import MAX_TOKEN_BYTES, JwtRules, JwtVerifier, StaticKeys
+from sidecar.identity.jwt import (
+    MAX_TOKEN_BYTES,
+    JwtRules,
+    JwtVerifier,
+    StaticKeys,
+    VerifiedToken,
+)
 from tests.identity_tokens import (
     AUDIENCE,
     ISSUER,
@@ -32,7 +39,7 @@ from tests.identity_tokens import (
 
 
 def verifier(
-    clock: FakeClock, *jwks: dict[str, object], cache_size: int = 100, **rule_overrides: object
+    clock: FakeClock, *jwks: dict[str, Any], cache_size: int = 100, **rule_overrides: Any
 ) -> JwtVerifier:
     keys = jwks or (public_jwk(rsa_key(), "rsa-1"), public_jwk(ec_key(), "ec-1"))
     source = StaticKeys(parse_jwks(jwks_document(*keys)))
@@ -212,7 +219,7 @@ def test_token_at_the_cap_is_parsed(clock: FakeClock) -> None:
 # -- claims --------------------------------------------------------------------------
 
 
-def _verify(clock: FakeClock, body: dict[str, object], **rule_overrides: object) -> object:
+def _verify(clock: FakeClock, body: dict[str, Any], **rule_overrides: Any) -> VerifiedToken:
     return verifier(clock, **rule_overrides).verify(mint(rsa_key(), body, kid="rsa-1"))
 
 
@@ -279,13 +286,13 @@ def test_subject_and_plan_claims(clock: FakeClock) -> None:
         with pytest.raises(errors.InvalidClaim):
             _verify(clock, claims(now=now, sub=bad))
     # An unusable plan is no plan, not a refusal.
-    assert _verify(clock, claims(now=now, plan=["gold"])).plan is None  # type: ignore[attr-defined]
-    assert _verify(clock, claims(now=now, plan="a\nb")).plan is None  # type: ignore[attr-defined]
+    assert _verify(clock, claims(now=now, plan=["gold"])).plan is None
+    assert _verify(clock, claims(now=now, plan="a\nb")).plan is None
 
 
 def test_jti_must_be_a_usable_identifier(clock: FakeClock) -> None:
     now = clock.now()
-    assert _verify(clock, claims(now=now, jti="abc")).jti == "abc"  # type: ignore[attr-defined]
+    assert _verify(clock, claims(now=now, jti="abc")).jti == "abc"
     for bad in (5, "", "x" * 300, "a\x00b"):
         with pytest.raises(errors.InvalidClaim):
             _verify(clock, claims(now=now, jti=bad))
@@ -299,7 +306,7 @@ def test_rules_refuse_symmetric_algorithms_in_configuration() -> None:
         audiences=[],
         jwks_uri="https://idp.test/jwks",
         jwks=None,
-        algorithms=["RS256", "HS256"],
+        algorithms=["RS256", "HS256"],  # type: ignore[list-item]
         leeway="30s",
         subject_claim="sub",
         plan_claim="plan",

@@ -1,0 +1,726 @@
+"""Benchmark: real Envoy + wrk on loopback, the sidecar against a do-nothing authorizer.
+
+    .venv/bin/python bench/run.py [--scenario honeypots] [--workers N] [--rounds 2]
+                                  [--duration 10] [--threads 2] [--connections 50]
+
+Each round runs, one after the other and each with a fresh Envoy:
+
+- **alone**: Envoy without ext_authz (the reference for added latency);
+- **A**: Envoy + the do-nothing ext_authz server (grpc.aio on uvloop, always OK),
+  as many processes as the sidecar has workers: the ceiling for any Python
+  authorizer on this machine;
+- **B**: Envoy + ``abuse-sidecar serve`` with the scenario's policies.
+
+so the configurations alternate (alone A B alone A B ...) and drift of the machine
+(other load, thermal) spreads over all of them. Every configuration gets the
+same phases: a short warm-up (discarded), a **load phase** (``--threads``,
+``--connections``: throughput, and latency under saturation) and a **latency
+phase** (one connection, one request at a time: what a single request costs).
+By default Envoy answers 200 itself (``direct_response``) so no Python upstream
+caps the figures; ``--upstream python`` puts the echoing test upstream behind it.
+
+The report (stdout, and a section of ``docs/performance.md`` unless
+``--no-write``) gives requests/s, p50 and p99 per configuration, B/A throughput
+per round, the p50 the sidecar adds to Envoy alone and to A, CPU per request
+of Envoy and of the authorizer, and how Envoy spread checks over the workers
+(``rq_total`` per endpoint of the ``abuse_sidecar`` cluster). Raw figures go to
+``bench/results/<time>/results.json``, process logs next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository importable (tests.harness is not installed).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scenarios import SCENARIOS, Scenario, request_lua
+from tests.harness.envoy import EnvoyProcess, envoy_binary, start_local_envoy
+from tests.harness.noop_authz import NoopAuthzProcess, start_noop_authz
+from tests.harness.ports import LOOPBACK, consecutive_free_ports, free_port
+from tests.harness.processes import (
+    ManagedProcess,
+    start_process,
+    wait_for_tcp,
+)
+from tests.harness.sidecar import SidecarProcess, start_sidecar
+from tests.harness.upstream import UpstreamServer
+
+REPO = Path(__file__).resolve().parents[1]
+PERFORMANCE_DOC = REPO / "docs" / "performance.md"
+RESULTS_DIR = REPO / "bench" / "results"
+
+ALONE, CEILING, SIDECAR = "alone", "A", "B"
+LABELS = {
+    ALONE: "Envoy alone (no ext_authz)",
+    CEILING: "A: Envoy + do-nothing authorizer",
+    SIDECAR: "B: Envoy + abuse-sidecar",
+}
+THROUGHPUT_TARGET = 0.80
+ADDED_P50_TARGET_MS = 1.0
+
+# wrk's done() callback, appended to every script: one parseable line.
+DONE_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_RESULT requests=%d duration_us=%d connect=%d read=%d write=%d status=%d "
+    .. "timeout=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.1f max_us=%d\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.mean, latency.max))
+end
+"""
+_RESULT_LINE = re.compile(r"^BENCH_RESULT (.*)$", re.MULTILINE)
+
+
+# -- wrk ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    errors: int
+    non_2xx: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """The ``BENCH_RESULT`` line our ``done()`` wrote."""
+    match = _RESULT_LINE.search(output)
+    if match is None:
+        raise RuntimeError(f"wrk printed no BENCH_RESULT line:\n{output[-2000:]}")
+    fields = dict(item.split("=", 1) for item in match.group(1).split())
+    number = {key: float(value) for key, value in fields.items()}
+    return WrkResult(
+        requests=int(number["requests"]),
+        seconds=number["duration_us"] / 1e6,
+        errors=int(number["connect"] + number["read"] + number["write"] + number["timeout"]),
+        non_2xx=int(number["status"]),
+        p50_ms=number["p50_us"] / 1000,
+        p90_ms=number["p90_us"] / 1000,
+        p99_ms=number["p99_us"] / 1000,
+        mean_ms=number["mean_us"] / 1000,
+        max_ms=number["max_us"] / 1000,
+    )
+
+
+def run_wrk(url: str, script: Path, *, threads: int, connections: int, seconds: float) -> WrkResult:
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout)
+
+
+# -- CPU accounting ---------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_seconds(session_ids: set[int]) -> float:
+    """User + system CPU of every live process in these sessions (a sidecar and its workers)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may contain spaces) start at ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) in session_ids:  # field 6: session id
+            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return total / _CLOCK_TICKS
+
+
+# -- one measured configuration ------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    config: str
+    round: int
+    load: WrkResult
+    latency: WrkResult
+    envoy_cpu_us_per_request: float
+    authorizer_cpu_us_per_request: float | None
+    per_endpoint: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    scenario: Scenario
+    rounds: int
+    duration: float
+    warmup: float
+    latency_duration: float
+    threads: int
+    connections: int
+    workers: int
+    ceiling_processes: int
+    envoy_concurrency: int
+    upstream: str
+    access_log: bool
+    include_alone: bool
+    run_dir: Path
+
+
+@dataclass
+class Authorizer:
+    """The process(es) Envoy calls in A or B."""
+
+    ports: list[int]
+    sessions: set[int]
+    """Session ids of the processes (a sidecar's workers share its session)."""
+    metrics: Callable[[], str] | None = None
+
+
+@contextmanager
+def _ceiling(settings: Settings, log_dir: Path) -> Iterator[Authorizer]:
+    first = consecutive_free_ports(settings.ceiling_processes)
+    started: list[NoopAuthzProcess] = []
+    try:
+        for i in range(settings.ceiling_processes):
+            started.append(start_noop_authz(log_dir=log_dir, port=first + i))
+        yield Authorizer(ports=[p.port for p in started], sessions={p.process.pid for p in started})
+    finally:
+        for process in started:
+            process.stop()
+
+
+@contextmanager
+def _sidecar(settings: Settings, log_dir: Path, redis_url: str | None) -> Iterator[Authorizer]:
+    scenario = settings.scenario
+    sidecar: SidecarProcess = start_sidecar(
+        log_dir=log_dir,
+        policies=scenario.policies,
+        workers=settings.workers,
+        default_policy=scenario.default_policy,
+        redis_url=redis_url,
+        extra_args=scenario.sidecar_args,
+        cwd=REPO,
+    )
+    try:
+        yield Authorizer(sidecar.grpc_ports, {sidecar.process.pid}, sidecar.metrics)
+    finally:
+        sidecar.stop()
+
+
+def _decisions(metrics_text: str) -> dict[str, float]:
+    """``abuse_sidecar_decisions_total`` by ``policy/decision/reason``."""
+    found: dict[str, float] = {}
+    pattern = re.compile(r"^abuse_sidecar_decisions_total\{([^}]*)\} (\S+)$", re.MULTILINE)
+    for labels, value in pattern.findall(metrics_text):
+        parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        key = "/".join(
+            part
+            for part in (parsed.get("policy", ""), parsed.get("decision", ""), parsed.get("reason"))
+            if part
+        )
+        found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
+def _measure(
+    *,
+    config: str,
+    round_no: int,
+    settings: Settings,
+    envoy: EnvoyProcess,
+    authorizer: Authorizer | None,
+    script: Path,
+) -> Measurement:
+    url = envoy.base_url
+    if authorizer is not None:
+        envoy.wait_for_healthy_endpoints()
+    run_wrk(
+        url,
+        script,
+        threads=settings.threads,
+        connections=settings.connections,
+        seconds=settings.warmup,
+    )
+    endpoints_before = envoy.requests_per_endpoint() if authorizer else {}
+    envoy_sessions = {envoy.process.pid}
+    envoy_cpu = session_cpu_seconds(envoy_sessions)
+    authz_cpu = session_cpu_seconds(authorizer.sessions) if authorizer else 0.0
+    load = run_wrk(
+        url,
+        script,
+        threads=settings.threads,
+        connections=settings.connections,
+        seconds=settings.duration,
+    )
+    envoy_cpu = session_cpu_seconds(envoy_sessions) - envoy_cpu
+    per_endpoint: dict[str, int] = {}
+    authz_us: float | None = None
+    if authorizer is not None:
+        authz_us = (session_cpu_seconds(authorizer.sessions) - authz_cpu) / load.requests * 1e6
+        after = envoy.requests_per_endpoint()
+        per_endpoint = {host: after[host] - endpoints_before.get(host, 0) for host in after}
+    latency = run_wrk(url, script, threads=1, connections=1, seconds=settings.latency_duration)
+    decisions = _decisions(authorizer.metrics()) if authorizer and authorizer.metrics else {}
+    return Measurement(
+        config=config,
+        round=round_no,
+        load=load,
+        latency=latency,
+        envoy_cpu_us_per_request=envoy_cpu / load.requests * 1e6,
+        authorizer_cpu_us_per_request=authz_us,
+        per_endpoint=per_endpoint,
+        decisions=decisions,
+    )
+
+
+def _envoy(
+    settings: Settings, log_dir: Path, ports: Sequence[int], upstream: UpstreamServer | None
+) -> EnvoyProcess:
+    return start_local_envoy(
+        sidecar_ports=ports,
+        upstream_port=upstream.port if upstream else None,
+        log_dir=log_dir,
+        concurrency=settings.envoy_concurrency,
+        ext_authz=bool(ports),
+        access_log=settings.access_log,
+    )
+
+
+def _run_config(
+    *,
+    config: str,
+    round_no: int,
+    settings: Settings,
+    script: Path,
+    upstream: UpstreamServer | None,
+    redis_url: str | None,
+) -> Measurement:
+    log_dir = settings.run_dir / "logs" / f"round{round_no}-{config}"
+    if config == ALONE:
+        envoy = _envoy(settings, log_dir, [], upstream)
+        try:
+            return _measure(
+                config=config,
+                round_no=round_no,
+                settings=settings,
+                envoy=envoy,
+                authorizer=None,
+                script=script,
+            )
+        finally:
+            envoy.stop()
+    if config == CEILING:
+        authorizer_context = _ceiling(settings, log_dir)
+    else:
+        authorizer_context = _sidecar(settings, log_dir, redis_url)
+    with authorizer_context as authorizer:
+        envoy = _envoy(settings, log_dir, authorizer.ports, upstream)
+        try:
+            return _measure(
+                config=config,
+                round_no=round_no,
+                settings=settings,
+                envoy=envoy,
+                authorizer=authorizer,
+                script=script,
+            )
+        finally:
+            envoy.stop()
+
+
+@contextmanager
+def _redis(settings: Settings) -> Iterator[str | None]:
+    if not settings.scenario.needs_redis:
+        yield None
+        return
+    port = free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process: ManagedProcess = start_process("redis", argv, log_dir=settings.run_dir / "logs")
+    try:
+        wait_for_tcp(LOOPBACK, port, process=process)
+        yield f"redis://{LOOPBACK}:{port}/0"
+    finally:
+        process.stop()
+
+
+# -- report -----------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _by_config(measurements: Sequence[Measurement], config: str) -> list[Measurement]:
+    return [m for m in measurements if m.config == config]
+
+
+def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
+    """Means per configuration, and the ratios the issue's targets are stated in."""
+    summary: dict[str, Any] = {"configs": {}}
+    for config in (ALONE, CEILING, SIDECAR):
+        runs = _by_config(measurements, config)
+        if not runs:
+            continue
+        authz = [a for m in runs if (a := m.authorizer_cpu_us_per_request) is not None]
+        summary["configs"][config] = {
+            "rps": _mean([m.load.rps for m in runs]),
+            "load_p50_ms": _mean([m.load.p50_ms for m in runs]),
+            "load_p99_ms": _mean([m.load.p99_ms for m in runs]),
+            "latency_p50_ms": _mean([m.latency.p50_ms for m in runs]),
+            "latency_p99_ms": _mean([m.latency.p99_ms for m in runs]),
+            "envoy_cpu_us": _mean([m.envoy_cpu_us_per_request for m in runs]),
+            "authorizer_cpu_us": _mean(authz) if authz else None,
+            "errors": sum(m.load.errors + m.latency.errors for m in runs),
+            "non_2xx": sum(m.load.non_2xx + m.latency.non_2xx for m in runs),
+        }
+    pairs = [
+        (a, b)
+        for a in _by_config(measurements, CEILING)
+        for b in _by_config(measurements, SIDECAR)
+        if a.round == b.round
+    ]
+    if pairs:
+        ratios = [b.load.rps / a.load.rps for a, b in pairs]
+        summary["throughput_ratio_per_round"] = ratios
+        summary["throughput_ratio"] = _mean(ratios)
+        summary["p50_added_vs_ceiling_ms"] = _mean(
+            [b.latency.p50_ms - a.latency.p50_ms for a, b in pairs]
+        )
+    alone = summary["configs"].get(ALONE)
+    sidecar = summary["configs"].get(SIDECAR)
+    if alone and sidecar:
+        summary["p50_added_vs_envoy_ms"] = sidecar["latency_p50_ms"] - alone["latency_p50_ms"]
+    split: dict[str, int] = {}
+    for m in _by_config(measurements, SIDECAR):
+        by_port = sorted(m.per_endpoint.items(), key=lambda item: int(item[0].rsplit(":", 1)[1]))
+        for index, (_, count) in enumerate(by_port):
+            split[f"worker {index}"] = split.get(f"worker {index}", 0) + count
+    summary["sidecar_split"] = split
+    decisions: dict[str, float] = {}
+    for m in _by_config(measurements, SIDECAR):
+        for key, value in m.decisions.items():
+            decisions[key] = max(decisions.get(key, 0.0), value)
+    summary["decisions"] = decisions
+    return summary
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    envoy_version = subprocess.run(
+        [str(envoy_binary()), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    version_match = re.search(r"/(\d+\.\d+\.\d+)/", envoy_version)
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, Envoy {version_match.group(1) if version_match else '?'}"
+    )
+
+
+def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> str:
+    summary = summarise(measurements)
+    scenario = settings.scenario
+    today = dt.date.today().isoformat()
+    lines = [
+        f"## {scenario.name}, sidecar `--workers {settings.workers}` ({today})",
+        "",
+        f"Scenario: {scenario.description}. "
+        f"Load phase: wrk {settings.threads} threads, {settings.connections} connections, "
+        f"{settings.duration:g} s; latency phase: 1 connection, {settings.latency_duration:g} s. "
+        f"Envoy `--concurrency {settings.envoy_concurrency}`, "
+        f"{'Envoy answers 200 itself' if settings.upstream == 'direct' else 'Python echo upstream'}, "
+        f"access log {'on' if settings.access_log else 'off'}; "
+        f"A runs {settings.ceiling_processes} do-nothing process(es). "
+        f"{settings.rounds} rounds, each {', '.join(_order(settings))}. "
+        f"Means over rounds. Machine: {_machine()}.",
+        "",
+        "| configuration | requests/s | p50 under load | p99 under load | p50, 1 connection "
+        "| p99, 1 connection | Envoy CPU µs/request | authorizer CPU µs/request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for config, figures in summary["configs"].items():
+        authz = figures["authorizer_cpu_us"]
+        lines.append(
+            f"| {LABELS[config]} | {figures['rps']:,.0f} | {figures['load_p50_ms']:.2f} ms "
+            f"| {figures['load_p99_ms']:.2f} ms | {figures['latency_p50_ms']:.3f} ms "
+            f"| {figures['latency_p99_ms']:.3f} ms | {figures['envoy_cpu_us']:.0f} "
+            f"| {'' if authz is None else f'{authz:.0f}'} |"
+        )
+    lines.append("")
+    if "throughput_ratio" in summary:
+        ratio = summary["throughput_ratio"]
+        rounds = ", ".join(f"{r:.2f}" for r in summary["throughput_ratio_per_round"])
+        lines.append(
+            f"- Throughput B/A: **{ratio:.2f}** (per round: {rounds}); "
+            f"target ≥ {THROUGHPUT_TARGET:.2f}: {_verdict(ratio >= THROUGHPUT_TARGET)}."
+        )
+    if "p50_added_vs_envoy_ms" in summary:
+        added = summary["p50_added_vs_envoy_ms"]
+        lines.append(
+            f"- p50 the sidecar adds to Envoy alone (1 connection): **{added:.3f} ms**; "
+            f"target ≤ {ADDED_P50_TARGET_MS:g} ms: {_verdict(added <= ADDED_P50_TARGET_MS)}. "
+            f"Compared with A: {summary.get('p50_added_vs_ceiling_ms', float('nan')):+.3f} ms."
+        )
+    split = summary["sidecar_split"]
+    if split:
+        total = sum(split.values()) or 1
+        shares = ", ".join(f"{name} {count / total:.0%}" for name, count in split.items())
+        lines.append(
+            f"- Checks per sidecar worker during the load phases (Envoy `rq_total` per "
+            f"endpoint): {shares}."
+        )
+    if summary["decisions"]:
+        decided = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(summary["decisions"].items()))
+        lines.append(f"- Sidecar decisions (`abuse_sidecar_decisions_total`): {decided}.")
+    problems = [
+        f"{LABELS[c]}: {f['errors']} socket errors, {f['non_2xx']} non-2xx"
+        for c, f in summary["configs"].items()
+        if f["errors"] or f["non_2xx"]
+    ]
+    if problems:
+        lines.append(f"- **Errors**: {'; '.join(problems)}.")
+    lines.append("")
+    lines.append(
+        "Command: `.venv/bin/python bench/run.py " + " ".join(_command_args(settings)) + "`"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _order(settings: Settings) -> list[str]:
+    return ([ALONE] if settings.include_alone else []) + [CEILING, SIDECAR]
+
+
+def _command_args(settings: Settings) -> list[str]:
+    args = [
+        f"--scenario {settings.scenario.name}",
+        f"--workers {settings.workers}",
+        f"--rounds {settings.rounds}",
+        f"--duration {settings.duration:g}",
+        f"--threads {settings.threads}",
+        f"--connections {settings.connections}",
+    ]
+    if settings.upstream != "direct":
+        args.append(f"--upstream {settings.upstream}")
+    if not settings.access_log:
+        args.append("--no-access-log")
+    return args
+
+
+INTRO = """\
+# Performance
+
+How much abuse-sidecar costs in front of an API, measured with real Envoy and
+`wrk` on one machine over loopback. Run it with `.venv/bin/python bench/run.py`
+(options: `--help`); each run replaces its own section below.
+
+Method:
+
+- **Same machine, same run.** Envoy, wrk and the authorizer share the machine's
+  cores, so absolute figures depend on the machine and on what else runs on it.
+  The figures that carry over are **ratios to a ceiling measured in the same
+  run**: A is Envoy calling a do-nothing Python ext_authz server (grpc.aio on
+  uvloop, always OK), the cheapest a Python authorizer can be; B is Envoy calling
+  abuse-sidecar. The target is B ≥ 80% of A's throughput and at most 1 ms added
+  to Envoy's p50.
+- **Alternating runs.** Each round runs Envoy alone, A and B one after the other,
+  each with a fresh Envoy and authorizer, so drift of the machine spreads over
+  all configurations; B/A is computed per round.
+- **Two phases per configuration.** Under load (many connections) Envoy and the
+  authorizer saturate the cores: requests/s and tail latency. With one
+  connection, one request at a time: the latency a single request pays; the
+  difference to Envoy alone is what the sidecar adds.
+- Envoy answers 200 itself (`direct_response`), so no application caps the
+  figures; the ext_authz filter runs before the route either way.
+- **CPU per request** is user + system time of the Envoy process and of the
+  authorizer processes during the load phase, divided by the requests served.
+- With `--workers N` the sidecar serves on N ports, one Envoy endpoint each
+  (Envoy keeps one HTTP/2 connection per endpoint per Envoy worker; N processes
+  behind one SO_REUSEPORT port would leave all but one idle). The split line
+  shows how Envoy spread the checks (`rq_total` per endpoint from `/clusters`).
+"""
+
+
+def write_section(document: Path, key: str, section: str) -> None:
+    """Insert or replace the section marked ``key`` in ``document``."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{section}{end}\n"
+    text = document.read_text() if document.exists() else INTRO
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after.lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    document.parent.mkdir(parents=True, exist_ok=True)
+    document.write_text(text)
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Envoy + wrk: abuse-sidecar against a do-nothing authorizer, alternating.",
+    )
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="honeypots")
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (at least 2)")
+    parser.add_argument("--duration", type=float, default=10.0, help="load phase, seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="discarded warm-up, seconds")
+    parser.add_argument("--latency-duration", type=float, default=5.0, help="1-connection phase")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--workers", type=int, default=1, help="sidecar --workers")
+    parser.add_argument(
+        "--ceiling-processes",
+        type=int,
+        default=None,
+        help="do-nothing processes (default: --workers)",
+    )
+    parser.add_argument("--envoy-concurrency", type=int, default=2)
+    parser.add_argument("--upstream", choices=["direct", "python"], default="direct")
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="Envoy without the gRPC access log"
+    )
+    parser.add_argument("--no-alone", action="store_true", help="skip the Envoy-alone reference")
+    parser.add_argument(
+        "--no-write", action="store_true", help=f"do not update {PERFORMANCE_DOC.relative_to(REPO)}"
+    )
+    parser.add_argument("--output", type=Path, default=PERFORMANCE_DOC)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.rounds < 2:
+        _parser().error("--rounds must be at least 2 (A and B alternate)")
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    run_dir = RESULTS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    settings = Settings(
+        scenario=SCENARIOS[args.scenario],
+        rounds=args.rounds,
+        duration=args.duration,
+        warmup=args.warmup,
+        latency_duration=args.latency_duration,
+        threads=args.threads,
+        connections=args.connections,
+        workers=args.workers,
+        ceiling_processes=args.ceiling_processes or args.workers,
+        envoy_concurrency=args.envoy_concurrency,
+        upstream=args.upstream,
+        access_log=not args.no_access_log,
+        include_alone=not args.no_alone,
+        run_dir=run_dir,
+    )
+    run_dir.mkdir(parents=True)
+    script = run_dir / "wrk.lua"
+    script.write_text(request_lua(settings.scenario) + DONE_LUA)
+
+    measurements: list[Measurement] = []
+    upstream = UpstreamServer(free_port()).start() if settings.upstream == "python" else None
+    try:
+        with _redis(settings) as redis_url:
+            for round_no in range(1, settings.rounds + 1):
+                for config in _order(settings):
+                    started = time.monotonic()
+                    m = _run_config(
+                        config=config,
+                        round_no=round_no,
+                        settings=settings,
+                        script=script,
+                        upstream=upstream,
+                        redis_url=redis_url,
+                    )
+                    measurements.append(m)
+                    print(
+                        f"round {round_no} {LABELS[config]:<34} {m.load.rps:>9,.0f} req/s  "
+                        f"p50 {m.load.p50_ms:6.2f} ms  p99 {m.load.p99_ms:6.2f} ms  "
+                        f"| 1 conn p50 {m.latency.p50_ms:.3f} ms  "
+                        f"({time.monotonic() - started:.0f} s)",
+                        flush=True,
+                    )
+    finally:
+        if upstream is not None:
+            upstream.stop()
+
+    section = render_markdown(settings, measurements)
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "settings": {k: str(v) for k, v in asdict(settings).items()},
+                "measurements": [asdict(m) for m in measurements],
+                "summary": summarise(measurements),
+            },
+            indent=2,
+        )
+    )
+    print()
+    print(section)
+    if not args.no_write:
+        key = f"{settings.scenario.name}:workers={settings.workers}"
+        write_section(args.output, key, section)
+        print(f"updated {args.output} (section {key}); raw figures in {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""Traces of Checks (CONTRACT.md section 5).
+
+One span ``abuse_sidecar.check`` per Check, continuing the W3C ``traceparent``
+(and ``tracestate``) the request carried, with one child span per pipeline step
+and one per store round trip. Attributes say which policy decided what and why,
+never what the client presented: no header values, no credentials, no body.
+
+Decided once at startup, the structlog way: without ``--otlp-endpoint`` there is
+no ``Tracing`` object at all, the Authorizer and the engine see ``None`` and a
+Check creates nothing. With it, sampling is the SDK's
+``ParentBased(TraceIdRatioBased(ratio))``: a sampled parent is always followed,
+an unsampled one never, a Check without a parent is sampled at
+``ABUSE_SIDECAR_TRACE_SAMPLING`` (default 1.0). An unsampled Check also creates
+no spans: the engine runs its untraced path.
+
+A sampled Check records its spans as plain timestamps in a ``CheckTrace`` and
+encodes them once at the end (``observability/otlp.py`` says why not SDK spans).
+Step spans are timed by the step's local phase; a deny found when the step
+settles the store results is set on the same span (``abuse_sidecar.phase``:
+``store``). The store span times the one store call.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar import __version__
+from sidecar.errors import ConfigurationError
+from sidecar.observability import otlp
+from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.step import Step
+from sidecar.pipeline.verdict import Decision, Deny
+from sidecar.stores.base import CohortMember, Operation, OpResult, Store, StorePlan
+
+if TYPE_CHECKING:
+    from sidecar.settings import Settings
+
+CHECK_SPAN = "abuse_sidecar.check"
+STORE_SPAN = "abuse_sidecar.store"
+STEP_SPAN_PREFIX = "abuse_sidecar.step."
+SERVICE_NAME = "abuse-sidecar"
+
+_perf_ns = time.perf_counter_ns
+_attr = otlp.cached_attribute
+_CHECK_NAME = otlp.name_and_kind(CHECK_SPAN, otlp.KIND_SERVER)
+_STORE_NAME = otlp.name_and_kind(STORE_SPAN, otlp.KIND_CLIENT)
+
+
+def _new_id(bits: int) -> int:
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value
+
+
+class Tracing:
+    """Tracing switched on: samples Checks, hands their encoded spans to the exporter."""
+
+    def __init__(self, exporter: otlp.OtlpExporter, sampler: Sampler) -> None:
+        self.exporter = exporter
+        self._sampler = sampler
+        self._propagator = TraceContextTextMapPropagator()
+
+    def start_check(self, ctx: RequestContext) -> CheckTrace | None:
+        """The trace of this Check, or None when it is not sampled."""
+        parent_context: Context | None = None
+        parent_id = 0
+        trace_id = 0
+        if "traceparent" in ctx.headers:
+            context = self._propagator.extract(ctx.headers)
+            parent = get_current_span(context).get_span_context()
+            if parent.is_valid:
+                parent_context, parent_id, trace_id = context, parent.span_id, parent.trace_id
+        if not trace_id:
+            trace_id = _new_id(128)
+        result = self._sampler.should_sample(parent_context, trace_id, CHECK_SPAN, SpanKind.SERVER)
+        if not result.decision.is_sampled():
+            return None
+        state = result.trace_state.to_header() if result.trace_state else ""
+        return CheckTrace(self.exporter, ctx, trace_id, parent_id, state)
+
+    async def start(self) -> None:
+        await self.exporter.start()
+
+    async def aclose(self) -> None:
+        await self.exporter.aclose()
+
+
+def build_tracing(endpoint: str, sampling: float) -> Tracing:
+    """Tracing to an OTLP/gRPC ``endpoint``; ``start()`` opens the channel."""
+    if not 0.0 <= sampling <= 1.0:
+        raise ConfigurationError(f"ABUSE_SIDECAR_TRACE_SAMPLING must be between 0 and 1, not {sampling}")
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, as operators expect.
+    resource = Resource.create({"service.version": __version__})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
+    attributes = {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
+    envelope = otlp.Envelope.build(attributes, "sidecar", __version__)
+    return Tracing(otlp.OtlpExporter(endpoint, envelope), ParentBased(TraceIdRatioBased(sampling)))
+
+
+async def start_tracing(settings: Settings) -> Tracing | None:
+    """Tracing per the settings, started; None (and no cost at all) without an endpoint."""
+    if not settings.otlp_endpoint:
+        return None
+    tracing = build_tracing(settings.otlp_endpoint, settings.trace_sampling)
+    await tracing.start()
+    return tracing
+
+
+class CheckTrace:
+    """The spans of one sampled Check, kept as timestamps until ``finish``.
+
+    Implements ``sidecar.pipeline.engine.PipelineTrace``."""
+
+    __slots__ = (
+        "_ctx", "_error", "_exporter", "_parent_id", "_perf0", "_spans", "_start", "_state_field", "_steps",
+        "_wall0", "span_id", "trace_id",
+    )
+
+    def __init__(
+        self, exporter: otlp.OtlpExporter, ctx: RequestContext, trace_id: int, parent_id: int, trace_state: str
+    ) -> None:
+        self._exporter = exporter
+        self._ctx = ctx
+        self.trace_id = trace_id.to_bytes(16, "big")
+        self.span_id = _new_id(64).to_bytes(8, "big")
+        self._parent_id = parent_id.to_bytes(8, "big") if parent_id else b""
+        self._state_field = otlp.field_bytes(3, trace_state.encode()) if trace_state else b""
+        self._wall0 = time.time_ns()
+        self._perf0 = self._start = _perf_ns()
+        self._steps: list[TracedStep] = []
+        self._spans: list[bytes] = []  # store spans, encoded as they end
+        self._error = ""
+
+    @property
+    def trace_id_hex(self) -> str:
+        return self.trace_id.hex()
+
+    @property
+    def span_id_hex(self) -> str:
+        return self.span_id.hex()
+
+    def _wall(self, perf_ns: int) -> int:
+        return self._wall0 + (perf_ns - self._perf0)
+
+    def step_evaluated(self, step: TracedStep) -> None:
+        self._steps.append(step)
+
+    def child_span(self, name_kind: bytes, start: int, end: int, attributes: bytes, status: bytes = b"") -> bytes:
+        """A child of the check span, encoded (``start``/``end``: perf_counter_ns)."""
+        return otlp.encode_span(
+            self.trace_id, _new_id(64).to_bytes(8, "big"), self.span_id, self._state_field, name_kind,
+            self._wall(start), self._wall(end), attributes, status,
+        )
+
+    # -- PipelineTrace ------------------------------------------------------------
+
+    def instrument(
+        self, steps: tuple[Step, ...], active_blocks: Step | None, store: Store, fallback: Store
+    ) -> tuple[tuple[Step, ...], Step | None, Store, Store]:
+        """The same pipeline, each step and store call recording its span here."""
+        return (
+            tuple(TracedStep(step, self) for step in steps),
+            TracedStep(active_blocks, self) if active_blocks is not None else None,
+            TracedStore(store, self, fallback=False),
+            TracedStore(fallback, self, fallback=True),
+        )
+
+    # -- the check span -----------------------------------------------------------
+
+    def fail(self, error: BaseException) -> None:
+        """The Check hit an internal error (status ERROR, the error's class only)."""
+        self._error = type(error).__name__
+
+    def finish(self, decision: Decision | None) -> None:
+        """End the check span and hand every span of this Check to the exporter."""
+        end = _perf_ns()
+        spans = self._spans
+        for step in self._steps:
+            spans.append(step.encode())
+        ctx = self._ctx
+        attributes = [_attr("http.request.method", ctx.method)]
+        if ctx.client_ip:
+            attributes.append(otlp.span_attribute("client.address", ctx.client_ip))
+        if decision is not None:
+            attributes.append(_attr("abuse_sidecar.policy", decision.policy))
+            attributes.append(_attr("abuse_sidecar.decision", "allow" if decision.deny is None else "deny"))
+            if decision.deny is not None:
+                attributes.append(_attr("abuse_sidecar.reason", decision.deny.reason.value))
+                attributes.append(_attr("abuse_sidecar.rule", decision.deny.rule))
+            if decision.shadow is not None:
+                attributes.append(_attr("abuse_sidecar.shadow_reason", decision.shadow.reason.value))
+                attributes.append(_attr("abuse_sidecar.shadow_rule", decision.shadow.rule))
+            if decision.subject:
+                attributes.append(otlp.span_attribute("abuse_sidecar.subject", decision.subject))
+            attributes.append(otlp.span_attribute("abuse_sidecar.risk", decision.risk))
+        status = b""
+        if self._error:
+            attributes.append(_attr("error.type", self._error))
+            status = otlp.status_error(self._error)
+        spans.append(
+            otlp.encode_span(
+                self.trace_id, self.span_id, self._parent_id, self._state_field, _CHECK_NAME,
+                self._wall(self._start), self._wall(end), b"".join(attributes), status,
+            )
+        )
+        self._exporter.add(spans)
+
+    def store_span(self, store: str, fallback: bool, operations: int, start: int, error: str) -> None:
+        attributes = _attr("abuse_sidecar.store", store) + otlp.span_attribute(
+            "abuse_sidecar.store.operations", operations
+        )
+        status = b""
+        if fallback:
+            attributes += otlp.span_attribute("abuse_sidecar.store.fallback", True)
+        if error:
+            attributes += _attr("error.type", error)
+            status = otlp.status_error(error)
+        self._spans.append(self.child_span(_STORE_NAME, start, _perf_ns(), attributes, status))
+
+
+class TracedStep:
+    """A step recording its span: timed by its local phase, verdict from either phase."""
+
+    __slots__ = ("_deny", "_end", "_inner", "_ops", "_phase", "_start", "_trace", "name")
+
+    def __init__(self, inner: Step, trace: CheckTrace) -> None:
+        self._inner = inner
+        self._trace = trace
+        self.name = inner.name
+        self._start = self._end = self._ops = 0
+        self._deny: Deny | None = None
+        self._phase = "local"
+
+    def evaluate(self, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
+        before = len(ops)
+        self._start = _perf_ns()
+        deny = self._inner.evaluate(ctx, ops)
+        self._end = _perf_ns()
+        self._ops = len(ops) - before
+        self._deny = deny
+        self._trace.step_evaluated(self)
+        return deny
+
+    def settle(self, ctx: RequestContext, results: Sequence[OpResult | None]) -> Deny | None:
+        deny = self._inner.settle(ctx, results)
+        if deny is not None and self._deny is None:
+            self._deny, self._phase = deny, "store"
+        return deny
+
+    def encode(self) -> bytes:
+        attributes = _attr("abuse_sidecar.step", self.name)
+        deny = self._deny
+        if deny is None:
+            attributes += _attr("abuse_sidecar.verdict", "allow")
+        else:
+            attributes += (
+                _attr("abuse_sidecar.verdict", "deny")
+                + _attr("abuse_sidecar.reason", deny.reason.value)
+                + _attr("abuse_sidecar.rule", deny.rule)
+                + _attr("abuse_sidecar.phase", self._phase)
+            )
+        if self._ops:
+            attributes += otlp.span_attribute("abuse_sidecar.store.operations", self._ops)
+        name = otlp.name_and_kind(STEP_SPAN_PREFIX + self.name, otlp.KIND_INTERNAL)
+        return self._trace.child_span(name, self._start, self._end, attributes)
+
+
+class TracedStore:
+    """A store whose ``execute`` (the one round trip of a Check) records a span."""
+
+    __slots__ = ("_fallback", "_inner", "_trace", "name")
+
+    def __init__(self, inner: Store, trace: CheckTrace, *, fallback: bool) -> None:
+        self._inner = inner
+        self._trace = trace
+        self._fallback = fallback
+        self.name = inner.name
+
+    async def execute(self, plan: StorePlan) -> tuple[OpResult | None, ...]:
+        start = _perf_ns()
+        try:
+            results = await self._inner.execute(plan)
+        except BaseException as exc:
+            self._trace.store_span(self.name, self._fallback, len(plan.operations), start, type(exc).__name__)
+            raise
+        self._trace.store_span(self.name, self._fallback, len(plan.operations), start, "")
+        return results
+
+    async def revoke(self, jti: str, ttl_s: int) -> None:
+        await self._inner.revoke(jti, ttl_s)
+
+    async def unblock(self, policy: str, kind: str, value: str) -> int:
+        return await self._inner.unblock(policy, kind, value)
+
+    async def members(self, policy: str) -> tuple[CohortMember, ...]:
+        return await self._inner.members(policy)
+
+    async def remove_member(self, policy: str, cohort: str, key: str) -> bool:
+        return await self._inner.remove_member(policy, cohort, key)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def close(self) -> None:
+        await self._inner.close()

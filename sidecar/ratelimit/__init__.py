@@ -1,0 +1,1 @@
+"""Rate-limit arithmetic (``algorithms``) and the RateLimit response headers (``headers``)."""

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,6 +75,8 @@ LABELS = {
 }
 THROUGHPUT_TARGET = 0.80
 ADDED_P50_TARGET_MS = 1.0
+NOISE_CORES = 0.25
+"""Other processes' CPU (in cores) during a load phase above which a run is flagged."""
 
 # wrk's done() callback, appended to every script: one parseable line.
 DONE_LUA = """
@@ -181,6 +184,8 @@ class Measurement:
     latency: WrkResult
     envoy_cpu_us_per_request: float
     authorizer_cpu_us_per_request: float | None
+    other_load_cores: float
+    """CPU used by processes outside the benchmark during the load phase, in cores."""
     per_endpoint: dict[str, int] = field(default_factory=dict)
     decisions: dict[str, float] = field(default_factory=dict)
 
@@ -259,6 +264,41 @@ def _decisions(metrics_text: str) -> dict[str, float]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds used so far, by whom; two samples bracket a load phase."""
+
+    wall: float
+    machine: float
+    envoy: float
+    authorizer: float
+    ours: float
+    """This process and its finished children (wrk)."""
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time the machine spent on processes (and lost to other VMs: steal).
+
+    Interrupt and softirq time is left out: loopback networking is accounted
+    there, not to the processes that cause it.
+    """
+    # First line of /proc/stat: cpu user nice system idle iowait irq softirq steal ...
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
+    return (user + nice + system + steal) / _CLOCK_TICKS
+
+
+def _cpu_sample(envoy: set[int], authorizer: set[int]) -> CpuSample:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSample(
+        wall=time.monotonic(),
+        machine=_machine_busy_seconds(),
+        envoy=session_cpu_seconds(envoy),
+        authorizer=session_cpu_seconds(authorizer) if authorizer else 0.0,
+        ours=time.process_time() + children.ru_utime + children.ru_stime,
+    )
+
+
 def _measure(
     *,
     config: str,
@@ -271,31 +311,26 @@ def _measure(
     url = envoy.base_url
     if authorizer is not None:
         envoy.wait_for_healthy_endpoints()
-    run_wrk(
-        url,
-        script,
-        threads=settings.threads,
-        connections=settings.connections,
-        seconds=settings.warmup,
-    )
+    load_options = {"threads": settings.threads, "connections": settings.connections}
+    run_wrk(url, script, seconds=settings.warmup, **load_options)
+
     endpoints_before = envoy.requests_per_endpoint() if authorizer else {}
-    envoy_sessions = {envoy.process.pid}
-    envoy_cpu = session_cpu_seconds(envoy_sessions)
-    authz_cpu = session_cpu_seconds(authorizer.sessions) if authorizer else 0.0
-    load = run_wrk(
-        url,
-        script,
-        threads=settings.threads,
-        connections=settings.connections,
-        seconds=settings.duration,
-    )
-    envoy_cpu = session_cpu_seconds(envoy_sessions) - envoy_cpu
-    per_endpoint: dict[str, int] = {}
+    sessions = ({envoy.process.pid}, authorizer.sessions if authorizer else set())
+    before = _cpu_sample(*sessions)
+    load = run_wrk(url, script, seconds=settings.duration, **load_options)
+    after = _cpu_sample(*sessions)
+
+    requests = max(load.requests, 1)
     authz_us: float | None = None
+    per_endpoint: dict[str, int] = {}
     if authorizer is not None:
-        authz_us = (session_cpu_seconds(authorizer.sessions) - authz_cpu) / load.requests * 1e6
-        after = envoy.requests_per_endpoint()
-        per_endpoint = {host: after[host] - endpoints_before.get(host, 0) for host in after}
+        authz_us = (after.authorizer - before.authorizer) / requests * 1e6
+        endpoints_after = envoy.requests_per_endpoint()
+        per_endpoint = {h: n - endpoints_before.get(h, 0) for h, n in endpoints_after.items()}
+    accounted = sum(
+        getattr(after, name) - getattr(before, name) for name in ("envoy", "authorizer", "ours")
+    )
+    other = (after.machine - before.machine - accounted) / (after.wall - before.wall)
     latency = run_wrk(url, script, threads=1, connections=1, seconds=settings.latency_duration)
     decisions = _decisions(authorizer.metrics()) if authorizer and authorizer.metrics else {}
     return Measurement(
@@ -303,8 +338,9 @@ def _measure(
         round=round_no,
         load=load,
         latency=latency,
-        envoy_cpu_us_per_request=envoy_cpu / load.requests * 1e6,
+        envoy_cpu_us_per_request=(after.envoy - before.envoy) / requests * 1e6,
         authorizer_cpu_us_per_request=authz_us,
+        other_load_cores=max(other, 0.0),
         per_endpoint=per_endpoint,
         decisions=decisions,
     )
@@ -417,6 +453,7 @@ def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
             "latency_p99_ms": _mean([m.latency.p99_ms for m in runs]),
             "envoy_cpu_us": _mean([m.envoy_cpu_us_per_request for m in runs]),
             "authorizer_cpu_us": _mean(authz) if authz else None,
+            "other_load_cores": _mean([m.other_load_cores for m in runs]),
             "errors": sum(m.load.errors + m.latency.errors for m in runs),
             "non_2xx": sum(m.load.non_2xx + m.latency.non_2xx for m in runs),
         }
@@ -529,6 +566,16 @@ def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> 
     if summary["decisions"]:
         decided = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(summary["decisions"].items()))
         lines.append(f"- Sidecar decisions (`abuse_sidecar_decisions_total`): {decided}.")
+    busy = {LABELS[c]: f["other_load_cores"] for c, f in summary["configs"].items()}
+    noisy = max(busy.values(), default=0.0) > NOISE_CORES
+    lines.append(
+        f"- {'**Machine busy**: ' if noisy else ''}other processes used "
+        + ", ".join(f"{v:.2f}" for v in busy.values())
+        + " cores during the load phases ("
+        + ", ".join(busy)
+        + ")"
+        + ("; rerun on a quiet machine before trusting the ratios." if noisy else ".")
+    )
     problems = [
         f"{LABELS[c]}: {f['errors']} socket errors, {f['non_2xx']} non-2xx"
         for c, f in summary["configs"].items()
@@ -694,7 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"round {round_no} {LABELS[config]:<34} {m.load.rps:>9,.0f} req/s  "
                         f"p50 {m.load.p50_ms:6.2f} ms  p99 {m.load.p99_ms:6.2f} ms  "
-                        f"| 1 conn p50 {m.latency.p50_ms:.3f} ms  "
+                        f"| 1 conn p50 {m.latency.p50_ms:.3f} ms "
+                        f"| others {m.other_load_cores:.2f} cores "
                         f"({time.monotonic() - started:.0f} s)",
                         flush=True,
                     )

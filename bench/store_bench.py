@@ -26,28 +26,25 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import redis.asyncio as redis_asyncio
 
-import redis.asyncio as redis_asyncio  # noqa: E402
-
-from sidecar.stores import keys  # noqa: E402
-from sidecar.stores.base import (  # noqa: E402
+from sidecar.stores import keys
+from sidecar.stores.base import (
     ActiveCheck,
     CohortCount,
     LimitCheck,
     LimitSpec,
     StorePlan,
 )
-from sidecar.stores.memory import MemoryStore  # noqa: E402
-from sidecar.stores.open import open_store  # noqa: E402
-from sidecar.stores.redis import RedisStore  # noqa: E402
+from sidecar.stores.memory import MemoryStore
+from sidecar.stores.open import open_store
+from sidecar.stores.redis import RedisStore
 
 POLICY = "bench/api"
 
@@ -61,7 +58,9 @@ def busy_plan(client: int) -> StorePlan:
             ActiveCheck((keys.block_key(POLICY, "ip", who[3:]), member), (True, True)),
             LimitCheck(
                 (
-                    LimitSpec(keys.limit_key(POLICY, "per-ip", who), "sliding_window", 10**6, 60_000),
+                    LimitSpec(
+                        keys.limit_key(POLICY, "per-ip", who), "sliding_window", 10**6, 60_000
+                    ),
                     LimitSpec(
                         keys.limit_key(POLICY, "burst", who), "token_bucket", 10**5, 1_000, 10**5
                     ),
@@ -71,7 +70,11 @@ def busy_plan(client: int) -> StorePlan:
                 )
             ),
             CohortCount(
-                keys.cohort_counter_key(POLICY, "scrapers", who), member, 10**8, 3_600_000, 86_400_000
+                keys.cohort_counter_key(POLICY, "scrapers", who),
+                member,
+                10**8,
+                3_600_000,
+                86_400_000,
             ),
         )
     )
@@ -91,7 +94,9 @@ class Measurement:
         return f"{self.name:<14} {rate:>10,.0f} checks/s {cpu_us:>8.1f} µs CPU/check  {self.note}"
 
 
-async def drive(name: str, check: Callable[[int], Awaitable[object]], checks: int, concurrency: int) -> Measurement:
+async def drive(
+    name: str, check: Callable[[int], Awaitable[object]], checks: int, concurrency: int
+) -> Measurement:
     per_worker = checks // concurrency
 
     async def worker(offset: int) -> None:
@@ -121,9 +126,11 @@ async def run(url: str, checks: int, concurrency: int) -> list[Measurement]:
     results = []
     plans = [busy_plan(i) for i in range(64 * concurrency)]
 
-    client = redis_asyncio.Redis.from_url(url)
+    client: Any = redis_asyncio.Redis.from_url(url)  # loosely typed: stubs lag redis-py
     await client.set("bench:plain", "1")
-    results.append(await drive("redis-py GET", lambda i: client.get("bench:plain"), checks, concurrency))
+    results.append(
+        await drive("redis-py GET", lambda i: client.get("bench:plain"), checks, concurrency)
+    )
     await client.aclose()
 
     store = open_store(url, command_timeout_ms=1000)
@@ -143,7 +150,9 @@ async def run(url: str, checks: int, concurrency: int) -> list[Measurement]:
     await store.close()
 
     memory = MemoryStore()
-    results.append(await drive("MemoryStore", lambda i: memory.execute(plans[i]), checks, concurrency))
+    results.append(
+        await drive("MemoryStore", lambda i: memory.execute(plans[i]), checks, concurrency)
+    )
     return results
 
 
@@ -173,17 +182,18 @@ def redis_server() -> Iterator[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--redis-url")
     parser.add_argument("--checks", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    try:
+    runner: Callable[..., Any] = asyncio.run
+    with contextlib.suppress(ImportError):
         import uvloop
 
         runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_server())
         print(f"{args.checks} Checks, {args.concurrency} concurrent, against {url}")

@@ -20,6 +20,7 @@ from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry, PolicySnapshot
 from sidecar.errors import StoreUnavailable
 from sidecar.observability import metrics
+from sidecar.observability.decision_log import DecisionLog, install_redaction
 from sidecar.pipeline.engine import Engine
 from sidecar.server.admin import AdminServer, Readiness
 from sidecar.server.authz import Authorizer
@@ -64,6 +65,7 @@ class Application:
         self._workers: list[subprocess.Popen[bytes]] = []
         self.grpc: GrpcServer | None = None
         self.admin: AdminServer | None = None
+        install_redaction()  # every log line of the process, whoever writes it
 
     @property
     def is_worker(self) -> bool:
@@ -116,7 +118,18 @@ class Application:
             from sidecar.cohorts.als import AccessLogReceiver
 
             fallback = MemoryStore()  # failureMode open: shared by Check and the access-log stream
-            authorizer = Authorizer(self.registry, Engine(self.store, fallback))
+            tracing = None
+            if s.otlp_endpoint:
+                from sidecar.observability.tracing import start_tracing
+
+                tracing = await start_tracing(s.otlp_endpoint, s.trace_sampling)
+                self._closers.append(tracing.aclose)  # after gRPC stopped: flushes the last spans
+            authorizer = Authorizer(
+                self.registry,
+                Engine(self.store, fallback),
+                tracing=tracing,
+                decision_log=DecisionLog(json_fields=s.log_format == "json"),
+            )
             access_logs = AccessLogReceiver(lambda: self.registry.current, self.store, fallback)
             self.grpc = GrpcServer(
                 authorizer, s.grpc_listen_for_worker(), extra_services=[access_logs.register]
@@ -136,6 +149,7 @@ class Application:
             self._closers.append(members.aclose)
 
     def _spawn_workers(self) -> None:
+        metrics.clear_stale_files()  # a reused PROMETHEUS_MULTIPROC_DIR: pids of another run
         for index in range(self.settings.workers):
             env = dict(os.environ)
             env[WORKER_ENV] = str(index)

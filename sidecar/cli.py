@@ -99,8 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
     from sidecar.app import serve
     from sidecar.observability.logging import configure_logging
 
+    from sidecar.errors import ConfigurationError
+
     configure_logging(settings.log_format, settings.log_level)
-    return serve(settings)
+    try:
+        return serve(settings)
+    except (ConfigurationError, OSError) as exc:
+        print(f"abuse-sidecar serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -148,6 +154,7 @@ def _crd(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from sidecar.errors import ConfigurationError
     from sidecar.offline import OfflineRequest, explain_offline
 
     headers: dict[str, str] = {}
@@ -168,7 +175,7 @@ def _check(args: argparse.Namespace) -> int:
                 default_policy=args.default_policy,
             )
         )
-    except ValueError as exc:
+    except (ValueError, ConfigurationError) as exc:
         print(f"abuse-sidecar check: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.output == "json":

@@ -7,6 +7,7 @@ line drops control characters so a value cannot add header lines.
 
 from __future__ import annotations
 
+import email.policy
 import html
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -15,6 +16,9 @@ from urllib.parse import urlencode
 from sidecar.cohorts.events import MembershipEvent, iso
 
 _SUBJECT_MAX = 160
+# RFC 5322 allows 998-character lines: folding at 78 would start the subject with a
+# space on many clients.
+_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 _CONSEQUENCE = {
     "flag": "requests are allowed and marked for the upstream with x-abuse-flags: {cohort}.",
@@ -105,7 +109,7 @@ def html_text(event: MembershipEvent) -> str:
 
 
 def build_message(event: MembershipEvent, sender: str, recipients: tuple[str, ...]) -> EmailMessage:
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["Subject"] = subject_line(event)
     message["From"] = sender
     message["To"] = ", ".join(recipients)

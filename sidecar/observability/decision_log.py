@@ -65,7 +65,9 @@ class DecisionRecord:
     request_id: str | None
 
     @classmethod
-    def of(cls, ctx: RequestContext, decision: Decision, trace: CheckTrace | None) -> DecisionRecord:
+    def of(
+        cls, ctx: RequestContext, decision: Decision, trace: CheckTrace | None
+    ) -> DecisionRecord:
         deny = decision.deny
         if trace is not None:
             trace_id: str | None = trace.trace_id_hex
@@ -77,7 +79,9 @@ class DecisionRecord:
             decision="allow" if deny is None else "deny",
             status=REASONS[deny.reason].status if deny is not None else 200,
             policy=decision.policy,
-            rule=deny.rule if deny is not None else (decision.shadow.rule if decision.shadow else None),
+            rule=deny.rule
+            if deny is not None
+            else (decision.shadow.rule if decision.shadow else None),
             reason=deny.reason.value if deny is not None else None,
             shadow=decision.shadow.reason.value if decision.shadow is not None else None,
             client_ip=ctx.client_ip or ctx.source_ip or None,
@@ -141,17 +145,22 @@ class DecisionLog:
 
 # -- the second line of defence -------------------------------------------------------
 
-# A credential-like name: Authorization, Cookie, X-API-Key, api_key, access_token,
-# client-secret, password, X-Auth-Token, session id, signature ...
+# A credential-like name: Authorization, Cookie, X-API-Key, x-customer-key, api_key,
+# access_token, client-secret, password, X-Auth-Token, session id, signature ...
+# (A bare ``key`` is not one: protobuf text and store debug lines use it for names.)
 _NAME = (
-    r"(?:[\w-]*(?:authorization|cookie|api[_-]?key|apikey|token|secret|passw(?:or)?d|passwd"
-    r"|session(?:[_-]?id)?|credentials?|signature|private[_-]?key|x[_-]?key|auth))"
+    r"(?:\b(?:[\w-]*(?:authorization|auth|cookie|token|secret|passw(?:or)?d|session(?:[_-]?id)?"
+    r"|credentials?|signature|jwt|bearer)|[\w-]+key))"
 )
 _NAME_VALUE = re.compile(
-    r"(?P<name>(?P<q>[\"']?)" + _NAME + r"(?P=q))(?P<sep>\s*[:=]\s*)"
+    r"(?P<name>(?P<q>[\"']?)" + _NAME + r"(?P=q))(?P<sep>\s*[:=]\s*)(?!\[REDACTED\])"
     r"(?:(?P<quote>[\"'])(?P<quoted>(?:\\.|(?!(?P=quote)).)*)(?P=quote)"
     r"|(?P<bare>[^\s,;&}\])\"']+(?:[ \t]+[^\s,;&}\])\"']+)?))",
     re.IGNORECASE,
+)
+# Protobuf text format of a header map entry: key: "x-api-key" value: "..."
+_PROTO_ENTRY = re.compile(
+    r'(?P<head>key:\s*"' + _NAME + r'"\s*(?:raw_)?value:\s*)"(?:\\.|[^"\\])*"', re.IGNORECASE
 )
 _SCHEME = re.compile(
     r"\b(?P<scheme>Bearer|Basic|Digest|Negotiate|NTLM|ApiKey|Token|DPoP)\s+(?P<cred>[A-Za-z0-9._~+/=-]{8,})",
@@ -159,7 +168,10 @@ _SCHEME = re.compile(
 )
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _COOKIE_PAIRS = re.compile(r"(?i)(\b(?:set-)?cookie\b\s*[:=]\s*)[^\r\n]+")
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+}
 
 
 def _name_value(match: re.Match[str]) -> str:
@@ -170,6 +182,7 @@ def _name_value(match: re.Match[str]) -> str:
 
 def scrub(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by [REDACTED]."""
+    text = _PROTO_ENTRY.sub(lambda m: f'{m["head"]}"{REDACTED}"', text)
     text = _COOKIE_PAIRS.sub(lambda m: m[1] + REDACTED, text)
     text = _NAME_VALUE.sub(_name_value, text)
     text = _SCHEME.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
@@ -184,7 +197,7 @@ class RedactSecrets(logging.Filter):
         message = record.getMessage()
         cleaned = scrub(message)
         if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None  # formatted once; the formatter won't again
+            record.msg, record.args = cleaned, ()  # formatted once; the formatter won't again
         for key, value in list(record.__dict__.items()):
             if key not in _RESERVED and isinstance(value, str):
                 record.__dict__[key] = scrub(value)
@@ -201,7 +214,7 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def install_redaction(logger: logging.Logger | None = None) -> RedactSecrets:
+def install_redaction(logger: logging.Logger | None = None) -> None:
     """Put the scrubber on every handler of ``logger`` (default: root), once.
 
     On handlers rather than the logger: a logger's filters only see records logged
@@ -213,4 +226,3 @@ def install_redaction(logger: logging.Logger | None = None) -> RedactSecrets:
                 break
         else:
             handler.addFilter(RedactSecrets())
-    return RedactSecrets()

@@ -132,7 +132,11 @@ def reap_dead_processes() -> list[int]:
     if directory is None or not directory.is_dir():
         return []
     dead = sorted(
-        {pid for _, kind, pid in _db_files(directory) if kind.startswith("gauge_live") and not _process_alive(pid)}
+        {
+            pid
+            for _, kind, pid in _db_files(directory)
+            if kind.startswith("gauge_live") and not _process_alive(pid)
+        }
     )
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]

@@ -110,16 +110,23 @@ def status_error(error_type: str) -> bytes:
 
 
 _TIMES = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7) and end (8): fixed64
-_TAG_TRACE_ID = b"\x0a\x10"  # field 1, 16 bytes
-_TAG_SPAN_ID = b"\x12\x08"  # field 2, 8 bytes
-_TAG_PARENT = b"\x22\x08"  # field 4, 8 bytes
 
 
-def encode_span(
-    trace_id: bytes,
+def span_context(trace_id: bytes, parent_id: bytes, trace_state: str) -> bytes:
+    """Span.trace_id (1), trace_state (3) and parent_span_id (4), encoded once per
+    parent: the part every child of one span shares. Field order does not matter
+    in protobuf, so this goes first and the span's own id after it."""
+    out = b"\x0a\x10" + trace_id
+    if trace_state:
+        out += field_bytes(3, trace_state.encode())
+    if parent_id:
+        out += b"\x22\x08" + parent_id
+    return out
+
+
+def encode_span(  # noqa: PLR0917 -- hot path: positional arguments are the cheapest
+    context: bytes,
     span_id: bytes,
-    parent_id: bytes,
-    trace_state: bytes,
     name_kind: bytes,
     start_ns: int,
     end_ns: int,
@@ -128,16 +135,14 @@ def encode_span(
 ) -> bytes:
     """One Span as an entry of ScopeSpans.spans (field 2).
 
-    ``trace_state`` is the already encoded field 3 (or b""); ``attributes`` the
-    concatenated field-9 entries; ``status`` the encoded field 15 (or b"")."""
+    ``context`` from ``span_context``; ``name_kind`` from ``name_and_kind``;
+    ``attributes`` the concatenated field-9 entries; ``status`` the encoded field
+    15 (or b"")."""
     body = b"".join(
         (
-            _TAG_TRACE_ID,
-            trace_id,
-            _TAG_SPAN_ID,
+            context,
+            b"\x12\x08",  # span_id (2), 8 bytes
             span_id,
-            trace_state,
-            _TAG_PARENT + parent_id if parent_id else b"",
             name_kind,
             _TIMES.pack(0x39, start_ns, 0x41, end_ns),
             attributes,
@@ -155,7 +160,9 @@ class Envelope:
     scope: bytes  # ScopeSpans.scope (field 1), encoded
 
     @classmethod
-    def build(cls, resource_attributes: Mapping[str, AttributeValue], scope_name: str, scope_version: str) -> Envelope:
+    def build(
+        cls, resource_attributes: Mapping[str, AttributeValue], scope_name: str, scope_version: str
+    ) -> Envelope:
         resource = b"".join(field_bytes(1, key_value(k, v)) for k, v in resource_attributes.items())
         scope = field_bytes(1, scope_name.encode()) + field_bytes(2, scope_version.encode())
         return cls(field_bytes(1, resource), field_bytes(1, scope))
@@ -189,7 +196,11 @@ def grpc_target(endpoint: str) -> tuple[str, bool]:
 
 
 _RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
 )
 
 
@@ -240,7 +251,9 @@ class OtlpExporter:
         else:
             channel = grpc.aio.insecure_channel(self._target)
         self._channel = channel
-        self._export = channel.unary_unary(EXPORT_METHOD, request_serializer=_identity, response_deserializer=None)
+        self._export = channel.unary_unary(
+            EXPORT_METHOD, request_serializer=_identity, response_deserializer=None
+        )
         self._task = asyncio.create_task(self._run(), name="otlp-export")
         log.info("exporting traces to %s (OTLP/gRPC%s)", self._target, ", TLS" if self._tls else "")
 
@@ -297,12 +310,14 @@ class OtlpExporter:
             self._last_warning = now
             log.warning(
                 "OTLP export to %s failed (%s); %d spans dropped since the last warning",
-                self._target, problem, self._unreported_drops,
+                self._target,
+                problem,
+                self._unreported_drops,
             )
             self._unreported_drops = 0
 
-    async def aclose(self, timeout: float = 2.0) -> None:
-        """Stop the export loop, send what is queued (within ``timeout``), close."""
+    async def aclose(self, grace: float = 2.0) -> None:
+        """Stop the export loop, send what is queued (within ``grace`` seconds), close."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -310,7 +325,7 @@ class OtlpExporter:
             self._task = None
         if self._export is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flush(), timeout)
+                await asyncio.wait_for(self.flush(), grace)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -25,10 +25,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -40,9 +40,6 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.step import Step
 from sidecar.pipeline.verdict import Decision, Deny
 from sidecar.stores.base import CohortMember, Operation, OpResult, Store, StorePlan
-
-if TYPE_CHECKING:
-    from sidecar.settings import Settings
 
 CHECK_SPAN = "abuse_sidecar.check"
 STORE_SPAN = "abuse_sidecar.store"
@@ -83,7 +80,7 @@ class Tracing:
         if not trace_id:
             trace_id = _new_id(128)
         result = self._sampler.should_sample(parent_context, trace_id, CHECK_SPAN, SpanKind.SERVER)
-        if not result.decision.is_sampled():
+        if result.decision is not SamplingDecision.RECORD_AND_SAMPLE:
             return None
         state = result.trace_state.to_header() if result.trace_state else ""
         return CheckTrace(self.exporter, ctx, trace_id, parent_id, state)
@@ -98,21 +95,24 @@ class Tracing:
 def build_tracing(endpoint: str, sampling: float) -> Tracing:
     """Tracing to an OTLP/gRPC ``endpoint``; ``start()`` opens the channel."""
     if not 0.0 <= sampling <= 1.0:
-        raise ConfigurationError(f"ABUSE_SIDECAR_TRACE_SAMPLING must be between 0 and 1, not {sampling}")
+        raise ConfigurationError(
+            f"ABUSE_SIDECAR_TRACE_SAMPLING must be between 0 and 1, not {sampling}"
+        )
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, as operators expect.
     resource = Resource.create({"service.version": __version__})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
-    attributes = {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
+    attributes = {
+        k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)
+    }
     envelope = otlp.Envelope.build(attributes, "sidecar", __version__)
     return Tracing(otlp.OtlpExporter(endpoint, envelope), ParentBased(TraceIdRatioBased(sampling)))
 
 
-async def start_tracing(settings: Settings) -> Tracing | None:
-    """Tracing per the settings, started; None (and no cost at all) without an endpoint."""
-    if not settings.otlp_endpoint:
-        return None
-    tracing = build_tracing(settings.otlp_endpoint, settings.trace_sampling)
+async def start_tracing(endpoint: str, sampling: float) -> Tracing:
+    """Tracing to ``endpoint`` (``--otlp-endpoint``), its exporter running. Without an
+    endpoint there is nothing to start: the Authorizer gets None."""
+    tracing = build_tracing(endpoint, sampling)
     await tracing.start()
     return tracing
 
@@ -123,19 +123,35 @@ class CheckTrace:
     Implements ``sidecar.pipeline.engine.PipelineTrace``."""
 
     __slots__ = (
-        "_ctx", "_error", "_exporter", "_parent_id", "_perf0", "_spans", "_start", "_state_field", "_steps",
-        "_wall0", "span_id", "trace_id",
+        "_child_context",
+        "_context",
+        "_ctx",
+        "_error",
+        "_exporter",
+        "_perf0",
+        "_spans",
+        "_start",
+        "_steps",
+        "_wall0",
+        "span_id",
+        "trace_id",
     )
 
     def __init__(
-        self, exporter: otlp.OtlpExporter, ctx: RequestContext, trace_id: int, parent_id: int, trace_state: str
+        self,
+        exporter: otlp.OtlpExporter,
+        ctx: RequestContext,
+        trace_id: int,
+        parent_id: int,
+        trace_state: str,
     ) -> None:
         self._exporter = exporter
         self._ctx = ctx
         self.trace_id = trace_id.to_bytes(16, "big")
         self.span_id = _new_id(64).to_bytes(8, "big")
-        self._parent_id = parent_id.to_bytes(8, "big") if parent_id else b""
-        self._state_field = otlp.field_bytes(3, trace_state.encode()) if trace_state else b""
+        remote_parent = parent_id.to_bytes(8, "big") if parent_id else b""
+        self._context = otlp.span_context(self.trace_id, remote_parent, trace_state)
+        self._child_context = otlp.span_context(self.trace_id, self.span_id, trace_state)
         self._wall0 = time.time_ns()
         self._perf0 = self._start = _perf_ns()
         self._steps: list[TracedStep] = []
@@ -156,11 +172,18 @@ class CheckTrace:
     def step_evaluated(self, step: TracedStep) -> None:
         self._steps.append(step)
 
-    def child_span(self, name_kind: bytes, start: int, end: int, attributes: bytes, status: bytes = b"") -> bytes:
+    def child_span(
+        self, name_kind: bytes, start: int, end: int, attributes: bytes, status: bytes = b""
+    ) -> bytes:
         """A child of the check span, encoded (``start``/``end``: perf_counter_ns)."""
         return otlp.encode_span(
-            self.trace_id, _new_id(64).to_bytes(8, "big"), self.span_id, self._state_field, name_kind,
-            self._wall(start), self._wall(end), attributes, status,
+            self._child_context,
+            _new_id(64).to_bytes(8, "big"),
+            name_kind,
+            self._wall(start),
+            self._wall(end),
+            attributes,
+            status,
         )
 
     # -- PipelineTrace ------------------------------------------------------------
@@ -194,12 +217,16 @@ class CheckTrace:
             attributes.append(otlp.span_attribute("client.address", ctx.client_ip))
         if decision is not None:
             attributes.append(_attr("abuse_sidecar.policy", decision.policy))
-            attributes.append(_attr("abuse_sidecar.decision", "allow" if decision.deny is None else "deny"))
+            attributes.append(
+                _attr("abuse_sidecar.decision", "allow" if decision.deny is None else "deny")
+            )
             if decision.deny is not None:
                 attributes.append(_attr("abuse_sidecar.reason", decision.deny.reason.value))
                 attributes.append(_attr("abuse_sidecar.rule", decision.deny.rule))
             if decision.shadow is not None:
-                attributes.append(_attr("abuse_sidecar.shadow_reason", decision.shadow.reason.value))
+                attributes.append(
+                    _attr("abuse_sidecar.shadow_reason", decision.shadow.reason.value)
+                )
                 attributes.append(_attr("abuse_sidecar.shadow_rule", decision.shadow.rule))
             if decision.subject:
                 attributes.append(otlp.span_attribute("abuse_sidecar.subject", decision.subject))
@@ -210,13 +237,20 @@ class CheckTrace:
             status = otlp.status_error(self._error)
         spans.append(
             otlp.encode_span(
-                self.trace_id, self.span_id, self._parent_id, self._state_field, _CHECK_NAME,
-                self._wall(self._start), self._wall(end), b"".join(attributes), status,
+                self._context,
+                self.span_id,
+                _CHECK_NAME,
+                self._wall(self._start),
+                self._wall(end),
+                b"".join(attributes),
+                status,
             )
         )
         self._exporter.add(spans)
 
-    def store_span(self, store: str, fallback: bool, operations: int, start: int, error: str) -> None:
+    def store_span(
+        self, store: str, fallback: bool, operations: int, start: int, error: str
+    ) -> None:
         attributes = _attr("abuse_sidecar.store", store) + otlp.span_attribute(
             "abuse_sidecar.store.operations", operations
         )
@@ -292,7 +326,9 @@ class TracedStore:
         try:
             results = await self._inner.execute(plan)
         except BaseException as exc:
-            self._trace.store_span(self.name, self._fallback, len(plan.operations), start, type(exc).__name__)
+            self._trace.store_span(
+                self.name, self._fallback, len(plan.operations), start, type(exc).__name__
+            )
             raise
         self._trace.store_span(self.name, self._fallback, len(plan.operations), start, "")
         return results

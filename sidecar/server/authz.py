@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
@@ -24,6 +24,10 @@ from sidecar.pipeline.engine import Engine
 from sidecar.pipeline.verdict import Decision, Deny, Reason
 from sidecar.server import responses
 from sidecar.server.requests import context_from_check
+
+if TYPE_CHECKING:
+    from sidecar.observability.decision_log import DecisionLog
+    from sidecar.observability.tracing import CheckTrace, Tracing
 
 log = logging.getLogger("sidecar.authz")
 
@@ -45,22 +49,35 @@ class Authorizer:
     """Shared by the gRPC Check handler, Explain and the offline ``check`` command."""
 
     def __init__(
-        self, registry: PolicyRegistry, engine: Engine, on_decision: DecisionHook | None = None
+        self,
+        registry: PolicyRegistry,
+        engine: Engine,
+        on_decision: DecisionHook | None = None,
+        *,
+        tracing: Tracing | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
         self.on_decision = on_decision
+        # None unless --otlp-endpoint: then a Check creates no span objects at all.
+        self.tracing = tracing
+        self.decision_log = decision_log
         self._no_policy = responses.allow_without_policy()
         self._counters: dict[tuple[str, str, str], Any] = {}
 
     def bind(self, ctx: RequestContext) -> CompiledPolicy | None:
         return self.registry.current.index.bind(ctx.host, ctx.context_extensions)
 
-    async def decide(self, ctx: RequestContext, policy: CompiledPolicy) -> Decision:
+    async def decide(
+        self, ctx: RequestContext, policy: CompiledPolicy, trace: CheckTrace | None = None
+    ) -> Decision:
         try:
-            decision = await self.engine.decide(ctx, policy)
-        except Exception:
+            decision = await self.engine.decide(ctx, policy, trace)
+        except Exception as exc:
             log.exception("internal error while evaluating policy %s", policy.id)
+            if trace is not None:
+                trace.fail(exc)
             decision = Decision(allowed=not policy.failure_closed, policy=policy.id)
             if policy.failure_closed:
                 decision.deny = _INTERNAL
@@ -81,24 +98,37 @@ class Authorizer:
     async def check(self, request: CheckRequest | None) -> CheckResponse:
         started = time.perf_counter()
         policy: CompiledPolicy | None = None
+        trace: CheckTrace | None = None
+        decision: Decision | None = None
         try:
             if request is None:
                 return responses.malformed_request()
             ctx = context_from_check(request)
+            if self.tracing is not None:
+                trace = self.tracing.start_check(ctx)
             policy = self.bind(ctx)
             if policy is None:
-                self._count(Decision(allowed=True, policy="none"))
+                decision = Decision(allowed=True, policy="none")
+                self._count(decision)
+                if self.decision_log is not None:
+                    self.decision_log.record(ctx, decision, trace)
                 return self._no_policy
-            decision = await self.decide(ctx, policy)
+            decision = await self.decide(ctx, policy, trace)
+            if self.decision_log is not None:
+                self.decision_log.record(ctx, decision, trace)
             return responses.render(decision, ctx.client_ip)
-        except Exception:
+        except Exception as exc:
             log.exception("internal error while answering a Check")
+            if trace is not None:
+                trace.fail(exc)
             if policy is not None and policy.failure_closed:
                 return responses.render(
                     Decision(allowed=False, policy=policy.id, deny=_INTERNAL), ""
                 )
             return self._no_policy
         finally:
+            if trace is not None:
+                trace.finish(decision)
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
 
     async def Check(

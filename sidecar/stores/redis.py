@@ -80,6 +80,7 @@ SCRIPT = importlib.resources.files("sidecar.stores").joinpath("lua/check.lua").r
 SCRIPT_SHA = hashlib.sha1(SCRIPT, usedforsecurity=False).hexdigest()
 _LOAD_SCRIPT = command(b"SCRIPT", b"LOAD", SCRIPT)
 
+MAX_BATCH = 256  # scripts per pipeline
 ErrorHook = Callable[[str], None]
 ConnectionFactory = Callable[[], AbstractConnection]
 _Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
@@ -124,13 +125,18 @@ class _Node:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if not self._pending or not self._idle:
-            return  # a lane finishing its batch flushes again
-        batch, self._pending = self._pending, []
-        connection = self._idle.pop()
-        task = asyncio.get_running_loop().create_task(self._run(connection, batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        while self._pending and self._idle:
+            # A bounded batch keeps Redis' work per exchange (about 30 µs per
+            # script) well inside the command timeout however deep the queue is.
+            if len(self._pending) <= MAX_BATCH:
+                batch, self._pending = self._pending, []
+            else:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            connection = self._idle.pop()
+            task = asyncio.get_running_loop().create_task(self._run(connection, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # Anything left waits for a lane: the lane that finishes flushes again.
 
     async def _run(self, connection: AbstractConnection, batch: _Batch) -> None:
         store = self._store
@@ -149,15 +155,18 @@ class _Node:
                 # died, they run twice: counts err on the side of denying.
                 await _drop(connection)
                 replies = await store.exchange(connection, payloads)
-        except BaseException as exc:
+        except Exception as exc:
             await _drop(connection)
             detail = store.describe_failure(exc, self.name)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(store.unavailable(detail))
             store.record_failure(detail)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException:  # cancelled (the store is closing): not Redis' fault
+            await _drop(connection)
+            for _, future in batch:
+                future.cancel()
+            raise
         else:
             store.record_success()
             for (_, future), reply in zip(batch, replies, strict=True):

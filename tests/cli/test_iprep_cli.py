@@ -172,11 +172,6 @@ def test_mmdb_build_names_the_bad_line(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sidecar/cli.py _check catches ValueError only; GeoIpDatabaseError is a "
-    "ConfigurationError, so it escapes as a traceback with exit 1 (the deny code)",
-)
 def test_check_refuses_a_file_that_is_not_a_maxmind_database(tmp_path: Path, policy: Path) -> None:
     bogus = tmp_path / "bogus.mmdb"
     bogus.write_text("hello\n")

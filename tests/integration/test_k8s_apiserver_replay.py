@@ -37,7 +37,7 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
 # tests/ is not a package; the server module sits beside the test folders.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from k8s_apiserver import (  # noqa: E402
+from k8s_apiserver import (
     ADMIN_TOKEN,
     INITIAL_EVENTS_END,
     KubeApiServer,
@@ -126,16 +126,20 @@ class RvMap:
 
     def path(self, path: str) -> str:
         split = urlsplit(path)
-        query = []
-        for key, value in parse_qsl(split.query, keep_blank_values=True):
-            if key == "resourceVersion":
-                value = self.rv.get(value, value)
-            elif key == "continue":
-                value = self.tokens.get(value) or self._retoken(value)
-            elif key == "timeoutSeconds":
-                value = f"{int(value) * SCALE:g}"
-            query.append((key, value))
+        query = [
+            (key, self._query_value(key, value))
+            for key, value in parse_qsl(split.query, keep_blank_values=True)
+        ]
         return split.path + ("?" + urlencode(query, quote_via=quote) if query else "")
+
+    def _query_value(self, key: str, value: str) -> str:
+        if key == "resourceVersion":
+            return self.rv.get(value, value)
+        if key == "continue":
+            return self.tokens.get(value) or self._retoken(value)
+        if key == "timeoutSeconds":
+            return f"{int(value) * SCALE:g}"
+        return value
 
     def _retoken(self, token: str) -> str:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
@@ -236,7 +240,7 @@ def replayed() -> Iterator[tuple[dict[str, Observed], list[Exchange], RvMap, Kub
                     observed = _send(server, tokens, ex, rvs)
                     results[ex.id] = observed
                     rvs.learn_body(ex.response.get("body"), observed.body, ex.id)
-                    recorded = [l["event"] for l in ex.response.get("lines", [])]
+                    recorded = [line["event"] for line in ex.response.get("lines", [])]
                     fake = [event for _, event in observed.lines]
                     for r, f in zip(recorded, fake, strict=False):
                         if r["type"] == f["type"]:
@@ -568,9 +572,7 @@ def test_list_then_watch_from_the_list_rv_sees_every_change(
     assert again.events == []
 
 
-def test_chunked_list_pages_share_the_first_rv(
-    server: KubeApiServer, custom: Any
-) -> None:
+def test_chunked_list_pages_share_the_first_rv(server: KubeApiServer, custom: Any) -> None:
     for index in range(5):
         custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy(f"p{index}"))
     first = custom.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, limit=2)
@@ -694,9 +696,7 @@ def test_clean_stream_end_makes_the_client_rewatch_from_its_last_rv(
     assert [r.query["resourceVersion"] for r in watches] == [rv, seen_rv]
 
 
-def test_initial_events_then_bookmark_then_live(
-    server: KubeApiServer, custom: Any
-) -> None:
+def test_initial_events_then_bookmark_then_live(server: KubeApiServer, custom: Any) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("b"))
     custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("a"))
     stream = Collector(
@@ -721,9 +721,7 @@ def test_initial_events_then_bookmark_then_live(
     assert stream.events[2]["raw_object"]["metadata"]["annotations"] == {INITIAL_EVENTS_END: "true"}
 
 
-def test_status_patches_as_the_client_sends_them(
-    server: KubeApiServer, custom: Any
-) -> None:
+def test_status_patches_as_the_client_sends_them(server: KubeApiServer, custom: Any) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("p1"))
     condition = {
         "type": "Ready",
@@ -822,7 +820,7 @@ def test_status_patches_as_the_client_sends_them(
         )
     assert invalid.value.status == 422
     assert (
-        json.loads(invalid.value.body)["details"]["causes"][0]["field"]
+        json.loads(str(invalid.value.body))["details"]["causes"][0]["field"]
         == "status.conditions[0].status"
     )
     # a stale resourceVersion precondition: 409
@@ -838,9 +836,7 @@ def test_status_patches_as_the_client_sends_them(
     assert stale.value.status == 409
 
 
-def test_service_annotation_added_changed_removed(
-    server: KubeApiServer, core: Any
-) -> None:
+def test_service_annotation_added_changed_removed(server: KubeApiServer, core: Any) -> None:
     core.create_namespaced_service(
         "shop", {"metadata": {"name": "reviews"}, "spec": {"ports": [{"port": 80}]}}
     )
@@ -940,14 +936,14 @@ def test_lease_lock_create_renew_and_conflict(server: KubeApiServer) -> None:
 
 
 def test_errors_reach_the_client_as_api_exceptions(server: KubeApiServer) -> None:
-    bad = client.CustomObjectsApi(server.api_client("wrong-token"))
+    bad: Any = client.CustomObjectsApi(server.api_client("wrong-token"))
     with pytest.raises(client.ApiException) as unauthorized:
         bad.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL)
     assert unauthorized.value.status == 401
     # A 429 with Retry-After (what a restarted apiserver answers a watch) is retried by
     # urllib3 itself for GETs: the caller only sees the watch that followed.
     server.inject(429, path=f"/{PLURAL}$", watch=True, times=1)
-    custom = client.CustomObjectsApi(server.api_client())
+    custom: Any = client.CustomObjectsApi(server.api_client())
     stream = Collector(
         custom.list_namespaced_custom_object, GROUP, VERSION, "shop", PLURAL, timeout_seconds=1
     ).join()
@@ -995,7 +991,7 @@ def test_rbac_decides_per_verb_and_subresource() -> None:
             }
         )
         server.create(_policy("p1"))
-        sidecar = client.CustomObjectsApi(server.api_client(token))
+        sidecar: Any = client.CustomObjectsApi(server.api_client(token))
         assert (
             len(sidecar.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL)["items"]) == 1
         )
@@ -1010,7 +1006,7 @@ def test_rbac_decides_per_verb_and_subresource() -> None:
         with pytest.raises(client.ApiException) as cluster_wide:
             sidecar.list_cluster_custom_object(GROUP, VERSION, PLURAL)
         assert cluster_wide.value.status == 403
-        assert "at the cluster scope" in json.loads(cluster_wide.value.body)["message"]
+        assert "at the cluster scope" in json.loads(str(cluster_wide.value.body))["message"]
 
 
 def test_kubeconfig_with_tls_and_ca(tmp_path: Path) -> None:
@@ -1018,10 +1014,8 @@ def test_kubeconfig_with_tls_and_ca(tmp_path: Path) -> None:
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", namespace="shop")
         api_client = config.new_client_from_config(config_file=str(kubeconfig))
         assert api_client.configuration.host.startswith("https://")
-        names = [
-            s.metadata.name
-            for s in client.CoreV1Api(api_client).list_service_for_all_namespaces().items
-        ]
+        core: Any = client.CoreV1Api(api_client)
+        names = [s.metadata.name for s in core.list_service_for_all_namespaces().items]
         assert names == ["kubernetes"]
         assert (
             yaml.safe_load(kubeconfig.read_text())["contexts"][0]["context"]["namespace"] == "shop"

@@ -26,7 +26,9 @@ from sidecar.stores.base import (
 from sidecar.stores.memory import MemoryStore
 from sidecar.stores.open import open_store
 from sidecar.stores.redis import RedisStore
-from tests.redis_server import RedisServer
+from tests.harness.ports import free_port
+from tests.harness.processes import start_process, wait_for_tcp
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -352,3 +354,43 @@ def test_store_urls() -> None:
         open_store("mongodb://localhost")
     with pytest.raises(ConfigurationError, match="timeout"):
         open_store("redis://localhost", command_timeout_ms=0)
+
+
+async def test_a_deep_queue_is_sent_in_bounded_pipelines(clean_redis: RedisServer) -> None:
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        await store.execute(realistic_plan("198.51.100.1"))
+        batches = store.batches
+        results = await asyncio.gather(
+            *(store.execute(realistic_plan(f"203.0.{i // 250}.{i % 250}")) for i in range(600))
+        )
+        assert all(isinstance(r[1], LimitResult) and r[1].allowed for r in results)
+        assert store.batches - batches == 3  # 256 + 256 on the two lanes, then 88
+    finally:
+        await store.close()
+
+
+async def test_redis_sentinel(own_redis: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {own_redis.port} 1\n"
+    )
+    sentinel = start_process(
+        "sentinel", [REDIS_SERVER, str(config), "--sentinel"], log_dir=tmp_path
+    )
+    try:
+        wait_for_tcp("127.0.0.1", port, process=sentinel)
+        store = open_store(f"redis+sentinel://127.0.0.1:{port}/mymaster", command_timeout_ms=2000)
+        try:
+            results = await asyncio.gather(*(store.execute(twenty("sentinel")) for _ in range(30)))
+            assert sum(isinstance(r[0], LimitResult) and r[0].allowed for r in results) == 20
+            await store.ping()
+        finally:
+            await store.close()
+        assert (
+            own_redis.command("EXISTS", keys.limit_key(POLICY, "sentinel", "ip=192.0.2.1")) == "1"
+        )
+    finally:
+        sentinel.stop()

@@ -67,10 +67,11 @@ REPO = Path(__file__).resolve().parents[1]
 PERFORMANCE_DOC = REPO / "docs" / "performance.md"
 RESULTS_DIR = REPO / "bench" / "results"
 
-ALONE, CEILING, SIDECAR = "alone", "A", "B"
+ALONE, CEILING, SHARED_PORT, SIDECAR = "alone", "A", "A1", "B"
 LABELS = {
     ALONE: "Envoy alone (no ext_authz)",
     CEILING: "A: Envoy + do-nothing authorizer",
+    SHARED_PORT: "A1: do-nothing, one SO_REUSEPORT port",
     SIDECAR: "B: Envoy + abuse-sidecar",
 }
 THROUGHPUT_TARGET = 0.80
@@ -187,6 +188,8 @@ class Measurement:
     other_load_cores: float
     """CPU used by processes outside the benchmark during the load phase, in cores."""
     per_endpoint: dict[str, int] = field(default_factory=dict)
+    process_cpu_shares: list[float] = field(default_factory=list)
+    """Each authorizer process's share of the authorizer CPU (do-nothing processes)."""
     decisions: dict[str, float] = field(default_factory=dict)
 
 
@@ -205,6 +208,7 @@ class Settings:
     upstream: str
     access_log: bool
     include_alone: bool
+    reuseport_contrast: bool
     run_dir: Path
 
 
@@ -215,17 +219,24 @@ class Authorizer:
     ports: list[int]
     sessions: set[int]
     """Session ids of the processes (a sidecar's workers share its session)."""
+    separate: list[int] = field(default_factory=list)
+    """Session of each separately started process, for the CPU split between them."""
     metrics: Callable[[], str] | None = None
 
 
 @contextmanager
-def _ceiling(settings: Settings, log_dir: Path) -> Iterator[Authorizer]:
-    first = consecutive_free_ports(settings.ceiling_processes)
+def _ceiling(settings: Settings, log_dir: Path, *, shared_port: bool) -> Iterator[Authorizer]:
+    """The do-nothing processes: one port each, or all on one port (SO_REUSEPORT)."""
+    count = settings.ceiling_processes
+    first = consecutive_free_ports(1 if shared_port else count)
     started: list[NoopAuthzProcess] = []
     try:
-        for i in range(settings.ceiling_processes):
-            started.append(start_noop_authz(log_dir=log_dir, port=first + i))
-        yield Authorizer(ports=[p.port for p in started], sessions={p.process.pid for p in started})
+        for i in range(count):
+            port = first if shared_port else first + i
+            started.append(start_noop_authz(log_dir=log_dir, port=port))
+        pids = [p.process.pid for p in started]
+        ports = sorted({p.port for p in started})
+        yield Authorizer(ports=ports, sessions=set(pids), separate=pids)
     finally:
         for process in started:
             process.stop()
@@ -244,7 +255,7 @@ def _sidecar(settings: Settings, log_dir: Path, redis_url: str | None) -> Iterat
         cwd=REPO,
     )
     try:
-        yield Authorizer(sidecar.grpc_ports, {sidecar.process.pid}, sidecar.metrics)
+        yield Authorizer(sidecar.grpc_ports, {sidecar.process.pid}, metrics=sidecar.metrics)
     finally:
         sidecar.stop()
 
@@ -316,9 +327,15 @@ def _measure(
 
     endpoints_before = envoy.requests_per_endpoint() if authorizer else {}
     sessions = ({envoy.process.pid}, authorizer.sessions if authorizer else set())
+    separate = authorizer.separate if authorizer else []
     before = _cpu_sample(*sessions)
+    separate_before = [session_cpu_seconds({pid}) for pid in separate]
     load = run_wrk(url, script, seconds=settings.duration, **load_options)
     after = _cpu_sample(*sessions)
+    separate_used = [
+        session_cpu_seconds({pid}) - used
+        for pid, used in zip(separate, separate_before, strict=True)
+    ]
 
     requests = max(load.requests, 1)
     authz_us: float | None = None
@@ -342,6 +359,7 @@ def _measure(
         authorizer_cpu_us_per_request=authz_us,
         other_load_cores=max(other, 0.0),
         per_endpoint=per_endpoint,
+        process_cpu_shares=[used / (sum(separate_used) or 1) for used in separate_used],
         decisions=decisions,
     )
 
@@ -382,8 +400,8 @@ def _run_config(
             )
         finally:
             envoy.stop()
-    if config == CEILING:
-        authorizer_context = _ceiling(settings, log_dir)
+    if config in (CEILING, SHARED_PORT):
+        authorizer_context = _ceiling(settings, log_dir, shared_port=config == SHARED_PORT)
     else:
         authorizer_context = _sidecar(settings, log_dir, redis_url)
     with authorizer_context as authorizer:
@@ -440,7 +458,7 @@ def _by_config(measurements: Sequence[Measurement], config: str) -> list[Measure
 def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
     """Means per configuration, and the ratios the issue's targets are stated in."""
     summary: dict[str, Any] = {"configs": {}}
-    for config in (ALONE, CEILING, SIDECAR):
+    for config in (ALONE, CEILING, SHARED_PORT, SIDECAR):
         runs = _by_config(measurements, config)
         if not runs:
             continue
@@ -480,12 +498,20 @@ def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
         for index, (_, count) in enumerate(by_port):
             split[f"worker {index}"] = split.get(f"worker {index}", 0) + count
     summary["sidecar_split"] = split
+    for config, name in ((CEILING, "ceiling_cpu_shares"), (SHARED_PORT, "shared_port_cpu_shares")):
+        summary[name] = [
+            [round(x, 3) for x in m.process_cpu_shares] for m in _by_config(measurements, config)
+        ]
     decisions: dict[str, float] = {}
     for m in _by_config(measurements, SIDECAR):
         for key, value in m.decisions.items():
             decisions[key] = max(decisions.get(key, 0.0), value)
     summary["decisions"] = decisions
     return summary
+
+
+def _shares(rounds: list[list[float]]) -> str:
+    return "; ".join("/".join(f"{x:.0%}" for x in shares) for shares in rounds)
 
 
 def _verdict(met: bool) -> str:
@@ -563,6 +589,14 @@ def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> 
             f"- Checks per sidecar worker during the load phases (Envoy `rq_total` per "
             f"endpoint): {shares}."
         )
+    if summary["shared_port_cpu_shares"]:
+        lines.append(
+            f"- {settings.ceiling_processes} do-nothing processes behind one SO_REUSEPORT port "
+            f"(A1, one Envoy endpoint) split the work {_shares(summary['shared_port_cpu_shares'])} "
+            f"(CPU per process, per round); on one port each (A): "
+            f"{_shares(summary['ceiling_cpu_shares'])}. The kernel balances connections, not "
+            f"requests, and Envoy opens one HTTP/2 connection per endpoint per Envoy worker."
+        )
     if summary["decisions"]:
         decided = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(summary["decisions"].items()))
         lines.append(f"- Sidecar decisions (`abuse_sidecar_decisions_total`): {decided}.")
@@ -591,7 +625,9 @@ def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> 
 
 
 def _order(settings: Settings) -> list[str]:
-    return ([ALONE] if settings.include_alone else []) + [CEILING, SIDECAR]
+    alone = [ALONE] if settings.include_alone else []
+    shared = [SHARED_PORT] if settings.reuseport_contrast else []
+    return [*alone, CEILING, *shared, SIDECAR]
 
 
 def _command_args(settings: Settings) -> list[str]:
@@ -607,6 +643,8 @@ def _command_args(settings: Settings) -> list[str]:
         args.append(f"--upstream {settings.upstream}")
     if not settings.access_log:
         args.append("--no-access-log")
+    if settings.reuseport_contrast:
+        args.append("--reuseport-contrast")
     return args
 
 
@@ -637,10 +675,18 @@ Method:
   figures; the ext_authz filter runs before the route either way.
 - **CPU per request** is user + system time of the Envoy process and of the
   authorizer processes during the load phase, divided by the requests served.
-- With `--workers N` the sidecar serves on N ports, one Envoy endpoint each
-  (Envoy keeps one HTTP/2 connection per endpoint per Envoy worker; N processes
-  behind one SO_REUSEPORT port would leave all but one idle). The split line
-  shows how Envoy spread the checks (`rq_total` per endpoint from `/clusters`).
+- **Other load** is the CPU that processes outside the benchmark used during the
+  load phases (machine busy time from `/proc/stat` minus the benchmark's own
+  processes; interrupt time left out, since loopback networking is counted
+  there). Above 0.25 cores the section says the machine was busy: the ratios
+  of such a run are not to be trusted.
+- With `--workers N` the sidecar serves on N ports, one Envoy endpoint each:
+  Envoy keeps one HTTP/2 connection per endpoint per Envoy worker, so N
+  processes behind one SO_REUSEPORT port get at most one connection per Envoy
+  worker between them, placed by the kernel's hash (`--reuseport-contrast` runs
+  that too, as A1, and shows the CPU split between the processes). The split
+  line shows how Envoy spread the checks (`rq_total` per endpoint from
+  `/clusters`).
 """
 
 
@@ -688,6 +734,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-alone", action="store_true", help="skip the Envoy-alone reference")
     parser.add_argument(
+        "--reuseport-contrast",
+        action="store_true",
+        help="also run the do-nothing processes behind one SO_REUSEPORT port (A1)",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help=f"do not update {PERFORMANCE_DOC.relative_to(REPO)}"
     )
     parser.add_argument("--output", type=Path, default=PERFORMANCE_DOC)
@@ -716,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upstream=args.upstream,
         access_log=not args.no_access_log,
         include_alone=not args.no_alone,
+        reuseport_contrast=args.reuseport_contrast,
         run_dir=run_dir,
     )
     run_dir.mkdir(parents=True)

@@ -44,11 +44,12 @@ class Call:
     """Why this request is in the demo, shown above its group."""
     method: str
     path: str
+    expect: tuple[int, ...] = (200,)
+    """The status of each repetition; a different answer fails the demo."""
     host: str = "shop.localhost"
     client: str = "198.51.100.10"
     """Sent as X-Forwarded-For, as a load balancer in front of Envoy would."""
     headers: dict[str, str] = field(default_factory=dict)
-    repeat: int = 1
 
 
 SCRIPT = (
@@ -64,14 +65,15 @@ SCRIPT = (
         "bob's free plan allows 2 order calls a minute",
         "GET",
         "/orders",
+        (200, 200, 429),
         client="198.51.100.12",
         headers={"x-api-key": "bob-demo-key"},
-        repeat=3,
     ),
     Call(
         "someone guesses an API key",
         "GET",
         "/orders",
+        (401,),
         client="198.51.100.13",
         headers={"x-api-key": "letmein"},
     ),
@@ -79,19 +81,19 @@ SCRIPT = (
         "a password-guessing bot: 3 logins a minute per IP",
         "POST",
         "/login",
+        (200, 200, 200, 429),
         client="203.0.113.50",
-        repeat=4,
     ),
-    Call("a scanner probes for secrets: a honeypot", "GET", "/.env", client="203.0.113.66"),
-    Call("...and is now blocked on every path", "GET", "/products", client="203.0.113.66"),
+    Call("a scanner probes for secrets: a honeypot", "GET", "/.env", (403,), client="203.0.113.66"),
+    Call("...and is now blocked on every path", "GET", "/products", (403,), client="203.0.113.66"),
     Call("other clients are not affected", "GET", "/products"),
     Call(
         "beta.localhost runs its policy in shadow mode: reported, never denied",
         "GET",
         "/search",
+        (200, 200),
         host="beta.localhost",
         client="203.0.113.77",
-        repeat=2,
     ),
     Call("", "GET", "/.env", host="beta.localhost", client="203.0.113.77"),
     Call("a host no policy is bound to", "GET", "/", host="static.localhost"),
@@ -113,7 +115,7 @@ def _upstream_view(response: httpx.Response) -> str:
     return " ".join(seen)
 
 
-def _row(number: int, call: Call, response: httpx.Response) -> str:
+def _row(number: int, call: Call, response: httpx.Response, expected: int) -> str:
     status = response.status_code
     colour = GREEN if status < 400 else (YELLOW if status == 429 else RED)
     reason = response.headers.get("x-abuse-reason", "")
@@ -122,33 +124,43 @@ def _row(number: int, call: Call, response: httpx.Response) -> str:
         reason += f" (retry after {retry}s)"
     request = f"{call.method} {call.host}{call.path}"
     upstream = _upstream_view(response) if status < 400 else ""
+    surprise = "" if status == expected else f"  {RED}<- expected {expected}{RESET}"
     return (
         f"{number:>3}  {call.client:<15} {request:<30} {colour}{status:>3}{RESET}  "
-        f"{reason:<32} {DIM}{upstream}{RESET}"
+        f"{reason:<32} {DIM}{upstream}{RESET}{surprise}"
     )
 
 
-def send_traffic(base_url: str) -> tuple[int, int]:
-    """Send ``SCRIPT`` through Envoy, print a row per request; (allowed, denied) counts."""
+@dataclass
+class Tally:
+    allowed: int = 0
+    denied: int = 0
+    unexpected: int = 0
+
+
+def send_traffic(base_url: str) -> Tally:
+    """Send ``SCRIPT`` through Envoy and print a row per request."""
     print(
         f"\n{BOLD}{'#':>3}  {'client':<15} {'request':<30} {'st':>3}  {'x-abuse-reason':<32} "
         f"application received{RESET}"
     )
-    allowed = denied = number = 0
+    tally = Tally()
+    number = 0
     with httpx.Client(base_url=base_url, timeout=5) as client:
         for call in SCRIPT:
             if call.story:
                 print(f"     {DIM}-- {call.story}{RESET}")
-            for _ in range(call.repeat):
+            for expected in call.expect:
                 number += 1
                 headers = {"host": call.host, "x-forwarded-for": call.client, **call.headers}
                 response = client.request(call.method, call.path, headers=headers)
-                print(_row(number, call, response), flush=True)
+                print(_row(number, call, response, expected), flush=True)
                 if response.status_code < 400:
-                    allowed += 1
+                    tally.allowed += 1
                 else:
-                    denied += 1
-    return allowed, denied
+                    tally.denied += 1
+                tally.unexpected += response.status_code != expected
+    return tally
 
 
 def _wait_for_interrupt() -> None:
@@ -181,19 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             envoy = stack.envoy(sidecar, app)
             envoy.wait_for_healthy_endpoints()
             _progress(4, 4, f"traffic through Envoy at {envoy.base_url}")
-            allowed, denied = send_traffic(envoy.base_url)
+            tally = send_traffic(envoy.base_url)
             print(
-                f"\n{allowed} allowed, {denied} denied in {time.monotonic() - started:.1f} s. "
+                f"\n{tally.allowed} allowed, {tally.denied} denied "
+                f"in {time.monotonic() - started:.1f} s. "
                 "Policies: sidecar/demo/policies/; decisions also at "
                 f"{sidecar.admin_url}/metrics"
             )
+            ok = tally.unexpected == 0
+            if not ok:
+                print(f"{RED}{tally.unexpected} answer(s) differ from the demo's script{RESET}")
             if args.keep_running:
                 print(
-                    f"\nStill running. Try: curl -H 'host: shop.localhost' {envoy.base_url}/wp-login.php"
-                    "\nCtrl-C stops everything."
+                    "\nStill running. Try: curl -H 'host: shop.localhost' "
+                    f"{envoy.base_url}/wp-login.php\nCtrl-C stops everything."
                 )
                 _wait_for_interrupt()
-            ok = True
         finally:
             try:
                 if not ok:
@@ -201,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("stopping Envoy, abuse-sidecar and the application ...", flush=True)
             finally:
                 stack.close()
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ What the rendered Envoy does, and why:
   exactly as it arrived: the right-most entry is the one written by the nearest
   proxy in front of Envoy, which is what ``xffTrustedHops`` counts, and
   ``xffTrustedHops: 0`` uses the connection's source address, which the client
-  cannot forge. Envoy still computes its own trusted address from the peer for
-  its logs and ``x-envoy-external-address``.
+  cannot forge. With nothing in front of Envoy keep it at 0: every entry is then
+  written by the client. Envoy still derives its own trusted address from the
+  peer (``x-envoy-external-address``, its logs).
 - ``internal_address_config`` is left unset: since Envoy 1.36 that means no
   client is "internal", so every client's ``x-envoy-*`` headers are removed.
   (An explicit empty ``cidr_ranges`` would bring back the old trust of RFC 1918
@@ -47,10 +48,13 @@ What the rendered Envoy does, and why:
   metadata is logged in full; ``filter_state_objects_to_log`` is not used
   because ext_authz's filter-state object does not serialise into this log
   (checked with Envoy 1.40: it arrives empty).
-- **Per-endpoint statistics** on the sidecar cluster: one endpoint per sidecar
-  worker (``--workers N`` serves on PORT..PORT+N-1, because Envoy keeps one HTTP/2
-  connection per upstream host per Envoy worker, so N processes behind one port
-  would leave all but one idle); ``/clusters`` shows ``rq_total`` per worker.
+- **One endpoint per sidecar worker** (``--workers N`` serves on PORT..PORT+N-1):
+  Envoy keeps one HTTP/2 connection per endpoint per Envoy worker, so N processes
+  behind one SO_REUSEPORT port would share at most one connection per Envoy
+  worker, placed by the kernel's hash. Least-request balancing over the
+  endpoints; gRPC health checks take a dead worker out. Per-endpoint statistics:
+  ``/clusters`` shows ``rq_total`` per worker (the access-log stream counts as
+  one request per Envoy worker).
 
 Run ``python -m sidecar.envoy_config --help`` to render a configuration.
 """
@@ -90,6 +94,9 @@ _ALS_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrp
 _EARLY_MUTATION_TYPE = (
     "type.googleapis.com/"
     "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+)
+_DOWNSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
 _MAX_CONNECTIONS_TYPE = (
     "type.googleapis.com/"
@@ -189,6 +196,47 @@ class VirtualHost:
 
 
 @dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """TLS on the listener, optionally verifying client certificates (mTLS).
+
+    With ``client_ca`` set, Envoy validates any certificate a client presents
+    against it and hands the verified identity to the sidecar as
+    ``source.principal`` (first URI SAN, else first DNS SAN, else the subject):
+    what ``identity.mtls: true`` accepts. ``require_client_certificate: False``
+    still admits clients without one, so the sidecar decides whether a request
+    without a principal is ``missing_credentials``.
+    """
+
+    certificate_chain: str
+    """PEM file of the listener's certificate (and intermediates)."""
+    private_key: str
+    client_ca: str | None = None
+    """PEM file of the CAs client certificates must chain to; None: no client certificates."""
+    require_client_certificate: bool = False
+
+    def render(self) -> dict[str, Any]:
+        common: dict[str, Any] = {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": self.certificate_chain},
+                    "private_key": {"filename": self.private_key},
+                }
+            ],
+            "alpn_protocols": ["h2", "http/1.1"],
+        }
+        if self.client_ca is not None:
+            common["validation_context"] = {"trusted_ca": {"filename": self.client_ca}}
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _DOWNSTREAM_TLS_TYPE,
+                "common_tls_context": common,
+                "require_client_certificate": self.require_client_certificate,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class EnvoyConfig:
     """Everything that differs between deployments of the same Envoy configuration."""
 
@@ -223,8 +271,13 @@ class EnvoyConfig:
     """Circuit breaker: concurrent checks in flight before Envoy fails them (→ 403)."""
     health_check_interval_ms: int = 2000
     """gRPC health checks of each sidecar endpoint; 0 disables them."""
+    downstream_tls: DownstreamTls | None = None
+    """TLS (and client-certificate validation) on the listener; None: plain HTTP."""
 
     def __post_init__(self) -> None:
+        tls = self.downstream_tls
+        if tls is not None and tls.require_client_certificate and tls.client_ca is None:
+            raise EnvoyConfigError("require_client_certificate needs client_ca to verify with")
         if self.ext_authz and not self.sidecar:
             raise EnvoyConfigError("ext_authz needs at least one sidecar endpoint")
         if self.authz_timeout_ms <= 0:
@@ -299,19 +352,20 @@ def _socket_address(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def _listener(config: EnvoyConfig) -> dict[str, Any]:
+    chain: dict[str, Any] = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _connection_manager(config),
+            }
+        ]
+    }
+    if config.downstream_tls is not None:
+        chain["transport_socket"] = config.downstream_tls.render()
     return {
         "name": "ingress",
         "address": _socket_address(config.listen),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _connection_manager(config),
-                    }
-                ]
-            }
-        ],
+        "filter_chains": [chain],
     }
 
 

@@ -22,7 +22,7 @@ from sidecar.compiled.snapshot import PolicySnapshot
 from sidecar.errors import StoreUnavailable
 from sidecar.observability import metrics
 from sidecar.steps.cohorts import CohortStep
-from sidecar.stores.base import Store
+from sidecar.stores.base import CohortMember, Store
 
 log = logging.getLogger("sidecar.cohorts")
 
@@ -81,6 +81,8 @@ class CohortMembers:
         body: dict[str, Any] = {"policy": policy, "members": listed}
         if known is None:
             body["warning"] = f"policy {policy} is not loaded; listing what the store still holds"
+        else:
+            self._publish(policy, known, members)  # fresher than the next periodic refresh
         return 200, body
 
     async def remove_member(self, query: Query) -> Answer:
@@ -110,17 +112,23 @@ class CohortMembers:
         """Set the gauge for every cohort of every loaded policy; drop vanished ones."""
         seen: set[tuple[str, str]] = set()
         for pid, names in cohorts_of(self._snapshot()).items():
-            counts = dict.fromkeys(names, 0)
-            for member in await self._store.members(pid):
-                if member.cohort in counts:
-                    counts[member.cohort] += 1
-            for name, count in counts.items():
-                metrics.COHORT_MEMBERS.labels(pid, name).set(count)
-                seen.add((pid, name))
+            self._publish(pid, names, await self._store.members(pid))
+            seen.update((pid, name) for name in names)
         for gone in self._published - seen:
             with contextlib.suppress(KeyError):
                 metrics.COHORT_MEMBERS.remove(*gone)
         self._published = seen
+
+    def _publish(
+        self, policy: str, names: tuple[str, ...], members: tuple[CohortMember, ...]
+    ) -> None:
+        counts = dict.fromkeys(names, 0)
+        for member in members:
+            if member.cohort in counts:
+                counts[member.cohort] += 1
+        for name, count in counts.items():
+            metrics.COHORT_MEMBERS.labels(policy, name).set(count)
+            self._published.add((policy, name))
 
     async def start(self) -> None:
         if self._task is None:

@@ -7,7 +7,8 @@ Accepted shapes (GraphQL over HTTP, and what popular servers also take):
 - ``POST`` with ``Content-Type: application/graphql`` (the body is the
   document; ``variables``/``operationName`` may be URL parameters);
 - ``POST`` with ``application/x-www-form-urlencoded`` fields;
-- ``GET``/``HEAD`` with ``?query=`` (and ``variables`` as JSON, ``operationName``);
+- ``GET``/``HEAD`` with ``?query=`` (and ``variables`` as JSON, ``operationName``),
+  or with a body, read like a ``POST``'s;
 - Apollo's automatic persisted queries: a hash without a query is analysed when
   this process has already seen (and checked) the query for that hash; else the
   client is told ``PersistedQueryNotFound`` and sends the full query.
@@ -15,7 +16,7 @@ Accepted shapes (GraphQL over HTTP, and what popular servers also take):
 Anything the sidecar cannot read with certainty is refused as invalid rather
 than let through unchecked: a body whose type is unknown is read as JSON when it
 looks like JSON and as a document otherwise; file uploads (multipart) are
-refused; a ``POST`` that carries a query in both the URL and the body is refused
+refused; a request that carries a query in both the URL and the body is refused
 (servers disagree on which one wins).
 """
 
@@ -125,14 +126,13 @@ def read_request(
     page, a CORS preflight), a Problem when it cannot be read with certainty."""
     if method == "OPTIONS":
         return None
-    if method in ("GET", "HEAD"):
-        if "query" not in url_params and "extensions" not in url_params:
-            return None
-        return _from_params(url_params, persisted)
     if not body.strip():
         if "query" in url_params or "extensions" in url_params:
             return _from_params(url_params, persisted)
+        if method in ("GET", "HEAD"):
+            return None
         return _invalid("The request has no body: send a GraphQL operation.")
+    # A body is read whatever the method: some servers run the body of a GET too.
     if "query" in url_params:
         return _invalid("Send the query either in the URL or in the body of the request, not both.")
     if kind == "multipart":

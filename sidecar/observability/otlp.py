@@ -48,7 +48,7 @@ AttributeValue = str | bool | int | float | Sequence[str]
 # -- protobuf wire format ---------------------------------------------------------
 
 
-def varint(value: int) -> bytes:
+def _varint_slow(value: int) -> bytes:
     if value < 0:
         value += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
     out = bytearray()
@@ -57,6 +57,16 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Lengths of names, values and small spans: one lookup instead of a loop.
+_SMALL_VARINTS = tuple(_varint_slow(n) for n in range(1 << 14))
+
+
+def varint(value: int) -> bytes:
+    if 0 <= value < 1 << 14:
+        return _SMALL_VARINTS[value]
+    return _varint_slow(value)
 
 
 def field_bytes(number: int, payload: bytes) -> bytes:
@@ -91,9 +101,23 @@ def span_attribute(key: str, value: AttributeValue) -> bytes:
     return field_bytes(9, key_value(key, value))
 
 
-@lru_cache(maxsize=8192)
-def cached_attribute(key: str, value: str) -> bytes:
-    """``span_attribute`` for values from a small set (policy ids, reasons, rules)."""
+@lru_cache(maxsize=256)
+def _key_field(key: str) -> bytes:
+    return field_bytes(1, key.encode())
+
+
+def string_attribute(key: str, value: str) -> bytes:
+    """``span_attribute`` for a string value, the common case, without type dispatch."""
+    data = value.encode("utf-8", "replace")
+    any_string = b"\x0a" + varint(len(data)) + data
+    entry = _key_field(key) + b"\x12" + varint(len(any_string)) + any_string
+    return b"\x4a" + varint(len(entry)) + entry
+
+
+@lru_cache(maxsize=8192, typed=True)
+def cached_attribute(key: str, value: str | int | bool) -> bytes:
+    """``span_attribute`` for values from a small set (policy ids, reasons, rules,
+    small counts)."""
     return span_attribute(key, value)
 
 
@@ -269,17 +293,28 @@ class OtlpExporter:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            timed_out = False
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), self._interval)
+            except TimeoutError:
+                timed_out = True
             self._wakeup.clear()
-            await self.flush()
+            # Full batches only, unless the interval passed: an export call costs the
+            # loop far more than a span, so small batches under load would cost dearly.
+            while len(self._queue) >= self._batch_size:
+                await self._send(self._take())
+            if timed_out and self._queue:
+                await self._send(self._take())
+
+    def _take(self) -> list[bytes]:
+        batch = self._queue[: self._batch_size]
+        del self._queue[: self._batch_size]
+        return batch
 
     async def flush(self) -> None:
         """Send everything queued now."""
         while self._queue:
-            batch = self._queue[: self._batch_size]
-            del self._queue[: self._batch_size]
-            await self._send(batch)
+            await self._send(self._take())
 
     async def _send(self, batch: list[bytes]) -> None:
         assert self._export is not None

@@ -23,15 +23,14 @@ settles the store results is set on the same span (``abuse_sidecar.phase``:
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.sampling import Decision as SamplingDecision
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, get_current_span
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.trace.span import TraceState
 
 from sidecar import __version__
 from sidecar.errors import ConfigurationError
@@ -46,6 +45,7 @@ STORE_SPAN = "abuse_sidecar.store"
 STEP_SPAN_PREFIX = "abuse_sidecar.step."
 SERVICE_NAME = "abuse-sidecar"
 
+_TRACE_ID_LOW_64 = (1 << 64) - 1
 _perf_ns = time.perf_counter_ns
 _attr = otlp.cached_attribute
 _CHECK_NAME = otlp.name_and_kind(CHECK_SPAN, otlp.KIND_SERVER)
@@ -59,31 +59,54 @@ def _new_id(bits: int) -> int:
             return value
 
 
-class Tracing:
-    """Tracing switched on: samples Checks, hands their encoded spans to the exporter."""
+def parse_traceparent(value: str) -> tuple[int, int, bool] | None:
+    """(trace id, parent span id, sampled) of a W3C ``traceparent``, or None when it
+    is not a valid one (W3C Trace Context, section 3.2: lower-case hex, version
+    ``ff`` and all-zero ids invalid, version 00 exactly 55 characters, later
+    versions may append ``-`` fields)."""
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, bool(int(flags, 16) & 0x01)
 
-    def __init__(self, exporter: otlp.OtlpExporter, sampler: Sampler) -> None:
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+class Tracing:
+    """Tracing switched on: samples Checks, hands their encoded spans to the exporter.
+
+    Sampling is the SDK's ``ParentBased(TraceIdRatioBased(ratio))``, applied with
+    the ratio sampler's own bound: a valid ``traceparent`` decides by its sampled
+    flag, a Check without one by the low 64 bits of its new trace id."""
+
+    def __init__(self, exporter: otlp.OtlpExporter, sampling: float) -> None:
         self.exporter = exporter
-        self._sampler = sampler
-        self._propagator = TraceContextTextMapPropagator()
+        self.sampling = sampling
+        self._root_bound = TraceIdRatioBased(sampling).bound
 
     def start_check(self, ctx: RequestContext) -> CheckTrace | None:
         """The trace of this Check, or None when it is not sampled."""
-        parent_context: Context | None = None
-        parent_id = 0
-        trace_id = 0
-        if "traceparent" in ctx.headers:
-            context = self._propagator.extract(ctx.headers)
-            parent = get_current_span(context).get_span_context()
-            if parent.is_valid:
-                parent_context, parent_id, trace_id = context, parent.span_id, parent.trace_id
-        if not trace_id:
+        raw = ctx.headers.get("traceparent")
+        parent = parse_traceparent(raw) if raw else None
+        if parent is None:
             trace_id = _new_id(128)
-        result = self._sampler.should_sample(parent_context, trace_id, CHECK_SPAN, SpanKind.SERVER)
-        if result.decision is not SamplingDecision.RECORD_AND_SAMPLE:
+            if trace_id & _TRACE_ID_LOW_64 >= self._root_bound:
+                return None
+            return CheckTrace(self.exporter, ctx, trace_id, 0, "")
+        trace_id, parent_id, sampled = parent
+        if not sampled:
             return None
-        state = result.trace_state.to_header() if result.trace_state else ""
-        return CheckTrace(self.exporter, ctx, trace_id, parent_id, state)
+        state = ctx.headers.get("tracestate")
+        return CheckTrace(
+            self.exporter, ctx, trace_id, parent_id, _trace_state(state) if state else ""
+        )
 
     async def start(self) -> None:
         await self.exporter.start()
@@ -106,7 +129,7 @@ def build_tracing(endpoint: str, sampling: float) -> Tracing:
         k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)
     }
     envelope = otlp.Envelope.build(attributes, "sidecar", __version__)
-    return Tracing(otlp.OtlpExporter(endpoint, envelope), ParentBased(TraceIdRatioBased(sampling)))
+    return Tracing(otlp.OtlpExporter(endpoint, envelope), sampling)
 
 
 async def start_tracing(endpoint: str, sampling: float) -> Tracing:
@@ -128,12 +151,11 @@ class CheckTrace:
         "_ctx",
         "_error",
         "_exporter",
-        "_perf0",
+        "_offset",
         "_spans",
         "_start",
-        "_steps",
-        "_wall0",
         "span_id",
+        "steps",
         "trace_id",
     )
 
@@ -152,9 +174,10 @@ class CheckTrace:
         remote_parent = parent_id.to_bytes(8, "big") if parent_id else b""
         self._context = otlp.span_context(self.trace_id, remote_parent, trace_state)
         self._child_context = otlp.span_context(self.trace_id, self.span_id, trace_state)
-        self._wall0 = time.time_ns()
-        self._perf0 = self._start = _perf_ns()
-        self._steps: list[TracedStep] = []
+        self._start = _perf_ns()
+        # Spans are timed with perf_counter_ns (monotonic, cheap); this maps to Unix time.
+        self._offset = time.time_ns() - self._start
+        self.steps: list[TracedStep] = []
         self._spans: list[bytes] = []  # store spans, encoded as they end
         self._error = ""
 
@@ -166,22 +189,17 @@ class CheckTrace:
     def span_id_hex(self) -> str:
         return self.span_id.hex()
 
-    def _wall(self, perf_ns: int) -> int:
-        return self._wall0 + (perf_ns - self._perf0)
-
-    def step_evaluated(self, step: TracedStep) -> None:
-        self._steps.append(step)
-
     def child_span(
         self, name_kind: bytes, start: int, end: int, attributes: bytes, status: bytes = b""
     ) -> bytes:
         """A child of the check span, encoded (``start``/``end``: perf_counter_ns)."""
+        offset = self._offset
         return otlp.encode_span(
             self._child_context,
             _new_id(64).to_bytes(8, "big"),
             name_kind,
-            self._wall(start),
-            self._wall(end),
+            start + offset,
+            end + offset,
             attributes,
             status,
         )
@@ -209,12 +227,12 @@ class CheckTrace:
         """End the check span and hand every span of this Check to the exporter."""
         end = _perf_ns()
         spans = self._spans
-        for step in self._steps:
+        for step in self.steps:
             spans.append(step.encode())
         ctx = self._ctx
         attributes = [_attr("http.request.method", ctx.method)]
         if ctx.client_ip:
-            attributes.append(otlp.span_attribute("client.address", ctx.client_ip))
+            attributes.append(otlp.string_attribute("client.address", ctx.client_ip))
         if decision is not None:
             attributes.append(_attr("abuse_sidecar.policy", decision.policy))
             attributes.append(
@@ -229,8 +247,8 @@ class CheckTrace:
                 )
                 attributes.append(_attr("abuse_sidecar.shadow_rule", decision.shadow.rule))
             if decision.subject:
-                attributes.append(otlp.span_attribute("abuse_sidecar.subject", decision.subject))
-            attributes.append(otlp.span_attribute("abuse_sidecar.risk", decision.risk))
+                attributes.append(otlp.string_attribute("abuse_sidecar.subject", decision.subject))
+            attributes.append(_attr("abuse_sidecar.risk", decision.risk))
         status = b""
         if self._error:
             attributes.append(_attr("error.type", self._error))
@@ -240,8 +258,8 @@ class CheckTrace:
                 self._context,
                 self.span_id,
                 _CHECK_NAME,
-                self._wall(self._start),
-                self._wall(end),
+                self._start + self._offset,
+                end + self._offset,
                 b"".join(attributes),
                 status,
             )
@@ -251,12 +269,12 @@ class CheckTrace:
     def store_span(
         self, store: str, fallback: bool, operations: int, start: int, error: str
     ) -> None:
-        attributes = _attr("abuse_sidecar.store", store) + otlp.span_attribute(
+        attributes = _attr("abuse_sidecar.store", store) + _attr(
             "abuse_sidecar.store.operations", operations
         )
         status = b""
         if fallback:
-            attributes += otlp.span_attribute("abuse_sidecar.store.fallback", True)
+            attributes += _attr("abuse_sidecar.store.fallback", True)
         if error:
             attributes += _attr("error.type", error)
             status = otlp.status_error(error)
@@ -283,7 +301,7 @@ class TracedStep:
         self._end = _perf_ns()
         self._ops = len(ops) - before
         self._deny = deny
-        self._trace.step_evaluated(self)
+        self._trace.steps.append(self)
         return deny
 
     def settle(self, ctx: RequestContext, results: Sequence[OpResult | None]) -> Deny | None:
@@ -293,21 +311,38 @@ class TracedStep:
         return deny
 
     def encode(self) -> bytes:
-        attributes = _attr("abuse_sidecar.step", self.name)
+        name_kind, allowed, denied = _step_parts(self.name)
         deny = self._deny
         if deny is None:
-            attributes += _attr("abuse_sidecar.verdict", "allow")
+            attributes = allowed
         else:
-            attributes += (
-                _attr("abuse_sidecar.verdict", "deny")
+            attributes = (
+                denied
                 + _attr("abuse_sidecar.reason", deny.reason.value)
                 + _attr("abuse_sidecar.rule", deny.rule)
                 + _attr("abuse_sidecar.phase", self._phase)
             )
         if self._ops:
-            attributes += otlp.span_attribute("abuse_sidecar.store.operations", self._ops)
-        name = otlp.name_and_kind(STEP_SPAN_PREFIX + self.name, otlp.KIND_INTERNAL)
-        return self._trace.child_span(name, self._start, self._end, attributes)
+            attributes += _attr("abuse_sidecar.store.operations", self._ops)
+        return self._trace.child_span(name_kind, self._start, self._end, attributes)
+
+
+@lru_cache(maxsize=256)
+def _step_parts(name: str) -> tuple[bytes, bytes, bytes]:
+    """A step's span name and kind, and its attributes when it allowed / denied."""
+    step = _attr("abuse_sidecar.step", name)
+    return (
+        otlp.name_and_kind(STEP_SPAN_PREFIX + name, otlp.KIND_INTERNAL),
+        step + _attr("abuse_sidecar.verdict", "allow"),
+        step + _attr("abuse_sidecar.verdict", "deny"),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _trace_state(header: str) -> str:
+    # Invalid entries are dropped, as the W3C rules and the OTel API say. Cached:
+    # a deployment sees the same few tracestate values again and again.
+    return TraceState.from_header([header]).to_header()
 
 
 class TracedStore:

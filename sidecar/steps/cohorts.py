@@ -14,7 +14,7 @@ the request that made a ``flag`` member is flagged here already.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
@@ -54,11 +54,13 @@ class CohortRule:
     membership: str  # ``for`` as written
     targets: tuple[NotificationTarget, ...]
     sensitive: frozenset[str]  # key dimensions shown as digests
+    counter_prefix: str  # store keys are prefix + key: built once, not per request
+    member_prefix: str
 
     def count(self, key: str) -> CohortCount:
         return CohortCount(
-            keys.cohort_counter_key(self.policy, self.name, key),
-            keys.member_key(self.policy, self.name, key),
+            self.counter_prefix + key,
+            self.member_prefix + key,
             self.threshold,
             self.period_ms,
             self.member_ttl_ms,
@@ -217,6 +219,13 @@ class CohortStep:
             self._notifier.submit(event, rule.targets)
 
 
+def _prefix(build: Callable[[str, str, str], str], policy_id: str, cohort: str) -> str:
+    prefix = build(policy_id, cohort, "")
+    if build(policy_id, cohort, "k") != prefix + "k":  # the key schema must end with the key
+        raise ValueError(f"store key schema of {build.__name__} does not end with the key")
+    return prefix
+
+
 def compile_rule(
     policy_id: str, spec: CohortSpec, targets: dict[str, NotificationTarget]
 ) -> CohortRule:
@@ -235,6 +244,8 @@ def compile_rule(
         membership=spec.for_,
         targets=tuple(targets[name] for name in spec.notify),
         sensitive=sensitive_dimensions(key.dimensions),
+        counter_prefix=_prefix(keys.cohort_counter_key, policy_id, spec.name),
+        member_prefix=_prefix(keys.member_key, policy_id, spec.name),
     )
 
 

@@ -204,14 +204,29 @@ def _report(measurements: Measurements) -> dict[str, object]:
     }
 
 
+class SchemaError(ValueError):
+    """A bad ``spec.graphql.schema``; ``field_path`` lets the compiler name the field."""
+
+    field_path = "spec.graphql.schema"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def build_graphql_step(policy_id: str, spec: GraphQLSpec) -> GraphQLStep | None:
     """The step for ``spec.graphql``; None when it names no paths.
 
     The SDL in ``spec.graphql.schema`` is compiled here, once; a bad SDL raises
-    ``ValueError`` whose message says what is wrong and where.
+    ``SchemaError`` (a ``ValueError``) whose message says what is wrong and where.
     """
     if not spec.paths:
         return None
-    schema = build_cost_schema(spec.schema_) if spec.schema_ and spec.schema_.strip() else None
+    schema = None
+    if spec.schema_ and spec.schema_.strip():
+        try:
+            schema = build_cost_schema(spec.schema_)
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from exc
     analyser = Analyser(Limits.from_spec(spec), schema)
     return GraphQLStep(policy_id, PathSet.compile(spec.paths, empty_matches_all=False), analyser)

@@ -28,6 +28,7 @@ from sidecar.model.policy import CostBudgetSpec, RateLimitSpec
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.verdict import Deny, Reason
 from sidecar.ratelimit import headers
+from sidecar.ratelimit.algorithms import emission_interval_us
 from sidecar.stores import keys
 from sidecar.stores.base import (
     Algorithm,
@@ -228,6 +229,29 @@ def _redacted(dimensions: Sequence[str], who: str) -> str:
     return "|".join(parts)
 
 
+def _check_exact(
+    field: str, algorithm: Algorithm, period: str, *, limits: list[int], burst: int
+) -> None:
+    """Refuse what the stores cannot count exactly (fixed windows count plainly)."""
+    period_ms = parse_duration(period) * 1000
+    if algorithm == "sliding_window":
+        largest = max(limits)
+        if largest * period_ms > MAX_LIMIT_PERIOD_PRODUCT:
+            raise ValueError(
+                f"{field}: a sliding window of {largest} per {period} is too large to count "
+                f"exactly (limit times period must stay under {MAX_LIMIT_PERIOD_PRODUCT} "
+                "request-milliseconds); use fixed_window for quotas this large"
+            )
+    elif algorithm == "token_bucket":
+        smallest = min([value for value in limits if value > 0], default=1)
+        capacity = max([burst, *limits]) * emission_interval_us(smallest, period_ms)
+        if capacity > MAX_LIMIT_PERIOD_PRODUCT:
+            raise ValueError(
+                f"{field}: a bucket of {max([burst, *limits])} tokens refilled over {period} "
+                "is too large to count exactly"
+            )
+
+
 def _compile(
     policy_id: str,
     rule: str,
@@ -244,12 +268,7 @@ def _compile(
     is_budget: bool,
 ) -> CompiledLimit:
     period_ms = parse_duration(period) * 1000
-    largest = max([limit, burst, *plans.values()])
-    if largest * period_ms > MAX_LIMIT_PERIOD_PRODUCT:
-        raise ValueError(
-            f"{field}: a limit of {largest} per {period} is too large to count exactly "
-            f"(limit times period must stay under {MAX_LIMIT_PERIOD_PRODUCT} request·ms)"
-        )
+    _check_exact(field, algorithm, period, limits=[limit, *plans.values()], burst=burst)
     return CompiledLimit(
         rule=rule,
         matcher=matcher,

@@ -12,7 +12,8 @@ Shape of the hot path (``RedisStore.execute``):
    the connection lane of its Redis node. Everything queued during one turn of
    the event loop goes out as one pipeline: one socket write, one read of all
    replies. Each script is still atomic on its own keys. Under load a lane is
-   busy while the next batch accumulates, so batches grow on their own.
+   busy while the next batch accumulates, so batches grow on their own (up to
+   ``MAX_BATCH`` scripts; ``lanes_per_node`` batches in flight per node).
 4. *Errors.* Any timeout, connection or server error becomes ``StoreUnavailable``
    (and one call of ``on_error``); the engine then follows ``failureMode``.
 
@@ -209,6 +210,7 @@ class RedisStore:
         admin_timeout_ms: int = 5000,
         on_error: ErrorHook | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        also_close: Sequence[Any] = (),
     ) -> None:
         """``client`` serves the rare commands (revoke, unblock, ping, probes);
         ``connect`` makes the pipelined lane connections (None for a cluster,
@@ -216,6 +218,7 @@ class RedisStore:
         # Typed loosely: redis-py's own annotations and the types-redis stubs
         # disagree across versions, and only a handful of plain commands go here.
         self._client: Any = client
+        self._also_close = tuple(also_close)  # e.g. the Sentinel clients
         self._cluster: Any = client if isinstance(client, RedisCluster) else None
         self._connect = connect
         self.description = description
@@ -549,6 +552,11 @@ class RedisStore:
             await node.close()
         try:
             await self._client.aclose()
+            if self._cluster is None:
+                # A client given its pool does not close it: the ping connections.
+                await self._client.connection_pool.disconnect()
+            for client in self._also_close:
+                await client.aclose()
         except _BACKEND_ERRORS as exc:
             log.debug("closing the Redis client failed: %r", exc)
 
@@ -674,8 +682,13 @@ def open_redis_store(
                 },
                 **options,
             )
-            client: Redis[Any] = sentinel.master_for(service, **credentials)
-            return RedisStore(client, client.connection_pool.make_connection, **common)
+            client = sentinel.master_for(service, **credentials)
+            return RedisStore(
+                client,
+                client.connection_pool.make_connection,
+                also_close=sentinel.sentinels,
+                **common,
+            )
         if scheme == "redis+cluster":
             nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, 6379)]
             ssl = query.get("ssl", "").lower() in ("1", "true", "yes")

@@ -37,7 +37,7 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 
 from tests.harness.ports import LOOPBACK, free_port
-from tests.harness.processes import ManagedProcess, start_process, wait_for_tcp
+from tests.harness.processes import ManagedProcess, start_process, wait_for_log
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,7 +218,11 @@ class NoopAuthzProcess:
 def start_noop_authz(
     *, log_dir: Path, port: int | None = None, record: bool = False
 ) -> NoopAuthzProcess:
-    """Run this module as a process on ``port`` (default: a free one) and wait for it."""
+    """Run this module as a process on ``port`` (default: a free one) and wait for it.
+
+    Several may share one port (gRPC sets SO_REUSEPORT): the wait is for this
+    process's own "listening" line, not for the port.
+    """
     port = free_port() if port is None else port
     record_path = log_dir / f"noop-authz-{port}.jsonl" if record else None
     argv = [sys.executable, "-m", "tests.harness.noop_authz", "--listen", f"{LOOPBACK}:{port}"]
@@ -226,7 +230,7 @@ def start_noop_authz(
         argv += ["--record", str(record_path)]
     process = start_process(f"noop-authz-{port}", argv, log_dir=log_dir, cwd=_REPO_ROOT)
     try:
-        wait_for_tcp(LOOPBACK, port, process=process)
+        wait_for_log(process, "listening on")
     except BaseException:
         process.stop()
         raise

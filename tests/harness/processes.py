@@ -213,3 +213,16 @@ def wait_for_http(
         time.sleep(0.05)
     detail = f"\n{process.describe()}" if process is not None else ""
     raise StartupError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}{detail}")
+
+
+def wait_for_log(process: ManagedProcess, text: str, *, timeout: float = 20.0) -> None:
+    """Wait until ``text`` appears in the process's log; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    what = f"{text!r} in its log"
+    while text not in process.log_text():
+        _check_alive(process, what)
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"timed out after {timeout:.0f}s waiting for {what}\n{process.describe()}"
+            )
+        time.sleep(0.05)

@@ -101,7 +101,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 if receiver.delay:
                     time.sleep(receiver.delay)
@@ -114,7 +114,7 @@ class WebhookReceiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         return Handler
@@ -156,7 +156,9 @@ def webhook_policy(url: str, threshold: int = 3) -> str:
 
 async def spam(policy: CompiledPolicy, engine: Engine, ip: str, times: int) -> None:
     for _ in range(times):
-        await engine.decide(request("POST", "/reviews", ip=ip, headers={"user-agent": "spam/1"}), policy)
+        await engine.decide(
+            request("POST", "/reviews", ip=ip, headers={"user-agent": "spam/1"}), policy
+        )
 
 
 # -- webhooks --------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class Mailbox:
         self.messages: list[tuple[Envelope, EmailMessage]] = []
         self.logins: list[str] = []
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         parsed = message_from_bytes(raw, policy=email_policy.default)
         assert isinstance(parsed, EmailMessage)
@@ -360,7 +362,9 @@ async def test_email_over_starttls_with_auth(smtp_server: Any, notifier_factory:
     assert mailbox.logins == ["bot"]
 
 
-async def test_credentials_are_never_sent_without_tls(smtp_server: Any, notifier_factory: Any) -> None:
+async def test_credentials_are_never_sent_without_tls(
+    smtp_server: Any, notifier_factory: Any
+) -> None:
     mailbox, port, _ = smtp_server(tls=False)  # offers no STARTTLS
     settings = SmtpSettings.parse(f"smtp://bot:p%40ss@{LOOPBACK}:{port}", "abuse@example.com")
     notifier = await notifier_factory(smtp_settings=settings)

@@ -46,12 +46,35 @@ SCHEMALESS = Analyser(LIMITS)
 WITH_SCHEMA = Analyser(LIMITS, SCHEMA)
 
 names = st.sampled_from(
-    ["viewer", "node", "search", "repos", "edges", "nodes", "node", "login", "name", "id",
-     "owner", "tags", "pageInfo", "totalCount", "cursor", "star", "__typename", "__schema",
-     "__type", "fields", "types", "interfaces", "x"]
+    [
+        "viewer",
+        "node",
+        "search",
+        "repos",
+        "edges",
+        "nodes",
+        "node",
+        "login",
+        "name",
+        "id",
+        "owner",
+        "tags",
+        "pageInfo",
+        "totalCount",
+        "cursor",
+        "star",
+        "__typename",
+        "__schema",
+        "__type",
+        "fields",
+        "types",
+        "interfaces",
+        "x",
+    ]
 )
-fragment_names = st.sampled_from(["A", "B", "C", "D"])
-type_names = st.sampled_from(["User", "Repo", "Node", "Result", "Query", "Unknown", "RepoConnection"])
+type_names = st.sampled_from(
+    ["User", "Repo", "Node", "Result", "Query", "Unknown", "RepoConnection"]
+)
 numbers = st.one_of(
     st.integers(min_value=-5, max_value=200),
     st.integers(min_value=-(10**30), max_value=10**30),
@@ -59,60 +82,113 @@ numbers = st.one_of(
 )
 argument_values = st.one_of(
     numbers.map(str),
-    st.sampled_from(["$n", "$m", "$missing", "1e5", "2.5", '"100"', "null", "true", "[1, 2]", "{a: 1}"]),
+    st.sampled_from(
+        ["$n", "$m", "$missing", "1e5", "2.5", '"100"', "null", "true", "[1, 2]", "{a: 1}"]
+    ),
 )
 arguments = st.lists(
     st.tuples(st.sampled_from(["first", "last", "limit", "id", "after"]), argument_values),
     max_size=3,
 ).map(lambda pairs: "(" + ", ".join(f"{k}: {v}" for k, v in pairs) + ")" if pairs else "")
 directives = st.lists(
-    st.sampled_from(["@skip(if: true)", "@skip(if: false)", "@include(if: false)",
-                     "@include(if: $flag)", "@custom", "@deprecated"]),
+    st.sampled_from(
+        [
+            "@skip(if: true)",
+            "@skip(if: false)",
+            "@include(if: false)",
+            "@include(if: $flag)",
+            "@custom",
+            "@deprecated",
+        ]
+    ),
     max_size=2,
 ).map(" ".join)
 
 
-def selection_sets(depth: int) -> st.SearchStrategy[str]:
+FRAGMENTS = ("A", "B", "C", "D")
+
+
+def selection_sets(depth: int, spreadable: tuple[str, ...] = FRAGMENTS) -> st.SearchStrategy[str]:
+    """Selection sets that spread only ``spreadable`` fragments (keeps most documents acyclic)."""
+    below = st.deferred(lambda: selection_sets(depth - 1, spreadable))
     field = st.builds(
-        lambda alias, name, args, dirs, below: f"{alias}{name}{args} {dirs} {below}",
+        lambda alias, name, args, dirs, sub: f"{alias}{name}{args} {dirs} {sub}",
         st.sampled_from(["", "", "a1: ", "a2: "]),
         names,
         arguments,
         directives,
-        st.just("") if depth == 0 else st.one_of(st.just(""), st.deferred(lambda: selection_sets(depth - 1))),
+        st.just("") if depth == 0 else st.one_of(st.just(""), below),
     )
-    spread = st.builds(lambda name, dirs: f"...{name} {dirs}", fragment_names, directives)
-    inline = (
-        st.just("")
-        if depth == 0
-        else st.builds(
-            lambda condition, below: f"... on {condition} {below}" if condition else f"... {below}",
-            st.one_of(st.just(""), type_names),
-            st.deferred(lambda: selection_sets(depth - 1)),
+    choices = [field, field]
+    if spreadable:
+        choices.append(
+            st.builds(
+                lambda name, dirs: f"...{name} {dirs}", st.sampled_from(spreadable), directives
+            )
         )
+    if depth > 0:
+        choices.append(
+            st.builds(
+                lambda condition, sub: f"... on {condition} {sub}" if condition else f"... {sub}",
+                st.one_of(st.just(""), type_names),
+                below,
+            )
+        )
+    return st.lists(st.one_of(*choices), min_size=1, max_size=4).map(
+        lambda items: "{ " + " ".join(items) + " }"
     )
-    selection = st.one_of(field, field, spread, inline)
-    return st.lists(selection, min_size=1, max_size=4).map(lambda items: "{ " + " ".join(items) + " }")
+
+
+def _document(
+    head: str, body: str, conditions: list[str], bodies: list[str], *, cyclic: bool, extra: str
+) -> str:
+    fragments = [
+        f"fragment {name} on {condition} {fragment_body}"
+        for name, condition, fragment_body in zip(FRAGMENTS, conditions, bodies, strict=True)
+    ]
+    if cyclic:  # D spreads A, which (maybe) reaches D: a cycle, or a harmless spread
+        fragments[-1] = fragments[-1][:-1] + "...A }"
+    return " ".join([head, body, *fragments, extra])
 
 
 documents = st.builds(
-    lambda kind, variables, body, fragments: f"{kind}{variables} {body} " + " ".join(fragments),
-    st.sampled_from(["", "query ", "query Q", "mutation ", "subscription S"]),
-    st.sampled_from(["", "($n: Int)", "($n: Int = 100000, $m: Int = 3, $flag: Boolean)"]),
+    _document,
+    st.sampled_from(
+        [
+            "",
+            "query",
+            "query Q",
+            "mutation",
+            "subscription S",
+            "query ($n: Int)",
+            "query Q($n: Int = 100000, $m: Int = 3, $flag: Boolean)",
+        ]
+    ),
     selection_sets(4),
-    st.lists(
-        st.builds(
-            lambda name, condition, body: f"fragment {name} on {condition} {body}",
-            fragment_names,
-            type_names,
-            selection_sets(2),
-        ),
-        max_size=4,
+    st.lists(type_names, min_size=4, max_size=4),
+    st.tuples(*(selection_sets(2, FRAGMENTS[index + 1 :]) for index in range(4))).map(list),
+    cyclic=st.sampled_from([False, False, False, True]),
+    extra=st.sampled_from(
+        [
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "fragment A on User { x }",
+            "query Other { y }",
+            "type T { a: Int }",
+        ]
     ),
 )
 json_values: st.SearchStrategy[Any] = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=8,
 )
 variables = st.one_of(
@@ -123,8 +199,16 @@ variables = st.one_of(
 
 def check(analysis: Analysis) -> None:
     measured = analysis.measurements
-    for value in (measured.depth, measured.aliases, measured.root_fields, measured.directives,
-                  measured.tokens, measured.cost, measured.github_nodes, measured.github_points):
+    for value in (
+        measured.depth,
+        measured.aliases,
+        measured.root_fields,
+        measured.directives,
+        measured.tokens,
+        measured.cost,
+        measured.github_nodes,
+        measured.github_points,
+    ):
         assert 0 <= value <= SATURATION
     if analysis.problem is not None:
         assert analysis.problem.kind in ("invalid", "too_complex")
@@ -140,7 +224,9 @@ def test_random_text_never_raises(text: str) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents, variables, st.sampled_from([None, "Q", "S", "Nope"]))
-def test_random_documents_never_raise(document: str, values: dict[str, Any] | None, name: str | None) -> None:
+def test_random_documents_never_raise(
+    document: str, values: dict[str, Any] | None, name: str | None
+) -> None:
     for analyser in (SCHEMALESS, WITH_SCHEMA):
         cached = analyser.analyse(document, values, name)
         check(cached)
@@ -162,7 +248,9 @@ def test_a_larger_first_never_costs_less(document: str, small: int, large: int) 
 
 
 STEP = build_graphql_step("prop/graphql", GraphQLSpec())
-SCHEMA_STEP = build_graphql_step("prop/graphql", GraphQLSpec.model_validate({"schema": SDL, "maxBodyBytes": 2048}))
+SCHEMA_STEP = build_graphql_step(
+    "prop/graphql", GraphQLSpec.model_validate({"schema": SDL, "maxBodyBytes": 2048})
+)
 
 operation_objects = st.fixed_dictionaries(
     {},
@@ -172,7 +260,10 @@ operation_objects = st.fixed_dictionaries(
         "operationName": st.one_of(st.none(), st.text(max_size=5), json_values),
         "extensions": st.one_of(
             json_values,
-            st.builds(lambda h: {"persistedQuery": {"sha256Hash": h}}, st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+            st.builds(
+                lambda h: {"persistedQuery": {"sha256Hash": h}},
+                st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+            ),
         ),
     },
 )
@@ -189,11 +280,25 @@ bodies = st.one_of(
 @given(
     bodies,
     st.sampled_from(["POST", "GET", "HEAD", "OPTIONS", "PUT", "post"]),
-    st.sampled_from(["application/json", "application/graphql", "application/x-www-form-urlencoded",
-                     "multipart/form-data", "text/plain", "", "application/json; charset=utf-8"]),
-    st.one_of(st.just(""), st.text(max_size=60), documents.map(lambda d: "query=" + d.replace("&", "%26"))),
-    st.dictionaries(st.sampled_from(["content-length", "x-envoy-auth-partial-body"]),
-                    st.sampled_from(["", "12", "true", "99999999999999999999", "-1", "abc"]), max_size=2),
+    st.sampled_from(
+        [
+            "application/json",
+            "application/graphql",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "text/plain",
+            "",
+            "application/json; charset=utf-8",
+        ]
+    ),
+    st.one_of(
+        st.just(""), st.text(max_size=60), documents.map(lambda d: "query=" + d.replace("&", "%26"))
+    ),
+    st.dictionaries(
+        st.sampled_from(["content-length", "x-envoy-auth-partial-body"]),
+        st.sampled_from(["", "12", "true", "99999999999999999999", "-1", "abc"]),
+        max_size=2,
+    ),
 )
 def test_random_requests_never_raise(
     body: bytes, method: str, content_type: str, query: str, headers: dict[str, str]

@@ -54,8 +54,10 @@ def test_variables_that_size_lists_are_part_of_the_key(monkeypatch: pytest.Monke
     large = analyser.analyse(QUERY, {"n": 100000}, "Q")
     missing = analyser.analyse(QUERY, {}, "Q")
     null = analyser.analyse(QUERY, {"n": None}, "Q")
-    assert small.allowed and not large.allowed
-    assert large.problem is not None and large.problem.limit == "maxListSize"
+    assert small.allowed
+    assert not large.allowed
+    assert large.problem is not None
+    assert large.problem.limit == "maxListSize"
     assert (small.measurements.cost, missing.measurements.cost) == (1 + 12, 1 + 12)
     assert null.measurements.cost == 1 + 12
     assert calls[0] == 4
@@ -114,20 +116,35 @@ def test_each_limit(limits: Limits, query: str, limit: str, observed: int) -> No
 
 
 def test_limits_are_inclusive() -> None:
-    limits = Limits(max_depth=3, max_aliases=2, max_root_fields=2, max_directives=2, max_list_size=9, max_cost=12)
-    assert Analyser(limits).analyse("{ x: a(first: 9) @d { nodes { name } } y: b @e { c } }").allowed
+    limits = Limits(
+        max_depth=3,
+        max_aliases=2,
+        max_root_fields=2,
+        max_directives=2,
+        max_list_size=9,
+        max_cost=12,
+    )
+    assert (
+        Analyser(limits).analyse("{ x: a(first: 9) @d { nodes { name } } y: b @e { c } }").allowed
+    )
 
 
 def test_structural_limits_come_before_cost() -> None:
-    problem = Analyser(Limits(max_depth=2, max_cost=1)).analyse("{ a(first: 50) { nodes { x } } }").problem
-    assert problem is not None and problem.limit == "maxDepth"
+    problem = (
+        Analyser(Limits(max_depth=2, max_cost=1))
+        .analyse("{ a(first: 50) { nodes { x } } }")
+        .problem
+    )
+    assert problem is not None
+    assert problem.limit == "maxDepth"
     assert problem.measured
 
 
 def test_introspection_deny() -> None:
     denying = Analyser(Limits(introspection_allowed=False))
-    problem = denying.analyse("{ __type(name: \"User\") { name } }").problem
-    assert problem is not None and problem.limit == "introspection"
+    problem = denying.analyse('{ __type(name: "User") { name } }').problem
+    assert problem is not None
+    assert problem.limit == "introspection"
     assert denying.analyse("{ __typename }").allowed
 
 
@@ -138,9 +155,14 @@ def test_standard_introspection_depth_is_exempt() -> None:
 
 def test_syntax_errors_and_unknown_operations_are_invalid() -> None:
     analyser = Analyser(Limits())
-    for query, name in (("{ a", None), ("query A { a }", "B"), ("{ ...F } fragment F on Q { ...F }", None)):
+    for query, name in (
+        ("{ a", None),
+        ("query A { a }", "B"),
+        ("{ ...F } fragment F on Q { ...F }", None),
+    ):
         problem = analyser.analyse(query, None, name).problem
-        assert problem is not None and problem.kind == "invalid"
+        assert problem is not None
+        assert problem.kind == "invalid"
         assert not problem.measured
 
 
@@ -175,15 +197,45 @@ def test_batch_tokens_are_summed() -> None:
     operation = OperationRequest("{ a b c }")  # 5 tokens
     assert analyser.analyse_operations([operation, operation]).allowed
     problem = analyser.analyse_operations([operation] * 3).problem
-    assert problem is not None and problem.limit == "maxTokens"
+    assert problem is not None
+    assert problem.limit == "maxTokens"
 
 
 def test_batch_measurements_combine() -> None:
-    first = Measurements(depth=3, aliases=1, root_fields=2, directives=4, tokens=10, cost=5,
-                         github_nodes=6, github_points=1, max_list_size=7)
-    second = Measurements(depth=1, aliases=2, root_fields=1, directives=0, tokens=20, cost=7,
-                          github_nodes=1, github_points=2, max_list_size=3, introspection=True)
+    first = Measurements(
+        depth=3,
+        aliases=1,
+        root_fields=2,
+        directives=4,
+        tokens=10,
+        cost=5,
+        github_nodes=6,
+        github_points=1,
+        max_list_size=7,
+    )
+    second = Measurements(
+        depth=1,
+        aliases=2,
+        root_fields=1,
+        directives=0,
+        tokens=20,
+        cost=7,
+        github_nodes=1,
+        github_points=2,
+        max_list_size=3,
+        introspection=True,
+    )
     total = combine(combine(Measurements(operations=0), first), second)
-    assert total == Measurements(depth=3, aliases=2, root_fields=2, directives=4, tokens=30, cost=12,
-                                 github_nodes=7, github_points=3, max_list_size=7, introspection=True,
-                                 operations=2)
+    assert total == Measurements(
+        depth=3,
+        aliases=2,
+        root_fields=2,
+        directives=4,
+        tokens=30,
+        cost=12,
+        github_nodes=7,
+        github_points=3,
+        max_list_size=7,
+        introspection=True,
+        operations=2,
+    )

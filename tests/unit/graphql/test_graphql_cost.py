@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
-from graphql_examples import COMPLEX, POINTS, SDL, SIMPLE
 
 from sidecar.graphql import cost as model
 from sidecar.graphql.analysis import Analyser
 from sidecar.graphql.limits import Limits
 from sidecar.graphql.outcome import Measurements
 from sidecar.graphql.schema import CostSchema, build_cost_schema
+from tests.unit.graphql.graphql_examples import COMPLEX, POINTS, SDL, SIMPLE
 
 UNLIMITED = Limits(
     max_depth=1000,
@@ -88,18 +88,21 @@ def test_shopify_nested_connections_multiply() -> None:
 
 def test_shopify_mutation_costs_ten_plus_payload() -> None:
     assert cost('mutation { productDelete(input: {id: "1"}) { deletedProductId } }') == 10
-    assert cost('mutation { productCreate(input: {}) { product { id } userErrors { message } } }') == 12
+    assert (
+        cost("mutation { productCreate(input: {}) { product { id } userErrors { message } } }")
+        == 12
+    )
     two = 'mutation { a: productDelete(id: "1") { deletedProductId } b: productDelete(id: "2") { deletedProductId } }'
     assert cost(two) == 20
 
 
 def test_mutation_cost_counts_root_fields_in_fragments() -> None:
-    query = 'mutation { ...M } fragment M on Mutation { a(x: 1) { ok } b { ok } }'
+    query = "mutation { ...M } fragment M on Mutation { a(x: 1) { ok } b { ok } }"
     assert cost(query) == 20
 
 
 def test_mutation_leaf_root_field_costs_ten() -> None:
-    assert cost('mutation { deleteAll }') == 10
+    assert cost("mutation { deleteAll }") == 10
 
 
 def test_scalars_enums_and_typename_are_free() -> None:
@@ -118,7 +121,7 @@ def test_connection_extras_are_free_and_other_fields_charged_once() -> None:
         edges { cursor node { name } }
         owner { login }
     } }"""
-    # 2 + 10 × 1 + owner (1, once, not per item)
+    # 2 + 10 items of 1 + owner (1, once, not per item)
     assert cost(query) == 2 + 10 + 1
 
 
@@ -141,7 +144,9 @@ def test_scalar_list_with_first_costs_nothing_but_is_checked() -> None:
 def test_connection_without_first_uses_the_default_list_size() -> None:
     assert cost("{ viewer { repositories { nodes { name } } } }") == 1 + 2 + 10
     limits = Limits(default_list_size=3)
-    assert measured("{ viewer { repositories { nodes { name } } } }", limits=limits).cost == 1 + 2 + 3
+    assert (
+        measured("{ viewer { repositories { nodes { name } } } }", limits=limits).cost == 1 + 2 + 3
+    )
 
 
 def test_a_negative_first_is_an_empty_list() -> None:
@@ -281,5 +286,7 @@ def test_github_nodes_multiply_down_the_path() -> None:
 
 
 def test_fifty_by_fifty() -> None:
-    result = measured("{ viewer { repositories(first: 50) { nodes { issues(first: 50) { nodes { title } } } } } }")
+    result = measured(
+        "{ viewer { repositories(first: 50) { nodes { issues(first: 50) { nodes { title } } } } } }"
+    )
     assert (result.cost, result.github_nodes) == (2_653, 2_550)

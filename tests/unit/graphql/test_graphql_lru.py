@@ -33,7 +33,8 @@ def test_clear() -> None:
     cache: LRUCache[int] = LRUCache(3)
     cache.put("a", 1)
     cache.clear()
-    assert cache.get("a") is None and len(cache) == 0
+    assert cache.get("a") is None
+    assert len(cache) == 0
 
 
 def test_capacity_must_be_positive() -> None:

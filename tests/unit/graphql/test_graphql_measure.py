@@ -7,7 +7,13 @@ from collections.abc import Mapping
 
 import pytest
 
-from sidecar.graphql.measure import MISSING, OperationMeasure, measure_operation, size_of, variable_key
+from sidecar.graphql.measure import (
+    MISSING,
+    OperationMeasure,
+    measure_operation,
+    size_of,
+    variable_key,
+)
 from sidecar.graphql.outcome import SATURATION
 from sidecar.graphql.parse import ParsedDocument, PreparedOperation, parse_document, prepare
 
@@ -101,7 +107,7 @@ def test_typename_is_not_introspection() -> None:
 
 
 def test_introspection_in_a_fragment_is_found() -> None:
-    result = measure("{ ...F } fragment F on Query { __type(name: \"User\") { name } }")
+    result = measure('{ ...F } fragment F on Query { __type(name: "User") { name } }')
     assert result.introspection is True
 
 
@@ -111,7 +117,7 @@ def test_introspection_in_a_fragment_is_found() -> None:
         ("{ __schema { types { fields { name } } } }", 1),
         ("{ __schema { types { fields { type { fields { name } } } } } }", 2),
         ("{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }", 3),
-        ("{ __type(name: \"T\") { interfaces { possibleTypes { inputFields { name } } } } }", 3),
+        ('{ __type(name: "T") { interfaces { possibleTypes { inputFields { name } } } } }', 3),
         (
             "{ __schema { types { ...T } } } fragment T on __Type"
             " { fields { type { ...U } } } fragment U on __Type { interfaces { fields { name } } }",
@@ -208,7 +214,9 @@ def test_literal_skip_and_include_remove_cost_not_counts() -> None:
     skipped = measure("{ viewer { a(first: 50) @skip(if: true) { nodes { x } } } }")
     excluded = measure("{ viewer { a(first: 50) @include(if: false) { nodes { x } } } }")
     kept = measure("{ viewer { a(first: 50) @skip(if: false) { nodes { x } } } }")
-    by_variable = measure("query ($s: Boolean!) { viewer { a(first: 50) @skip(if: $s) { nodes { x } } } }")
+    by_variable = measure(
+        "query ($s: Boolean!) { viewer { a(first: 50) @skip(if: $s) { nodes { x } } } }"
+    )
     assert base.cost == 1 + 2 + 50
     assert skipped.cost == excluded.cost == 1
     assert kept.cost == by_variable.cost == base.cost

@@ -62,7 +62,8 @@ def test_token_limit_applies_to_comment_floods() -> None:
 def test_exactly_the_limit_is_accepted() -> None:
     assert parsed("{ a }", max_tokens=3).tokens == 3
     over = parse_document("{ a b }", 3)
-    assert isinstance(over, Problem) and over.limit == "maxTokens"
+    assert isinstance(over, Problem)
+    assert over.limit == "maxTokens"
 
 
 def test_nesting_beyond_the_parser_cap_is_too_complex_not_a_crash() -> None:
@@ -84,18 +85,21 @@ def test_syntax_errors_are_invalid_and_say_where() -> None:
 
 def test_empty_document_is_invalid() -> None:
     result = parse_document("   ", 5000)
-    assert isinstance(result, Problem) and result.kind == "invalid"
+    assert isinstance(result, Problem)
+    assert result.kind == "invalid"
 
 
 def test_selects_the_only_operation() -> None:
     operation = prepared("query A { a }").operation
     assert isinstance(operation, OperationDefinitionNode)
-    assert operation.name is not None and operation.name.value == "A"
+    assert operation.name is not None
+    assert operation.name.value == "A"
 
 
 def test_selects_by_operation_name() -> None:
     operation = prepared("query A { a } query B { b }", "B").operation
-    assert operation.name is not None and operation.name.value == "B"
+    assert operation.name is not None
+    assert operation.name.value == "B"
 
 
 @pytest.mark.parametrize(

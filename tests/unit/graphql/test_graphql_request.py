@@ -68,7 +68,8 @@ def test_json_operation() -> None:
     body = json.dumps({"query": "{ a }", "variables": {"n": 1}, "operationName": "Q"}).encode()
     request = ok(read(body))
     assert request.operations == (OperationRequest("{ a }", {"n": 1}, "Q"),)
-    assert not request.batched and request.cacheable
+    assert not request.batched
+    assert request.cacheable
 
 
 def test_json_variables_may_be_a_json_string_and_names_may_be_null() -> None:
@@ -101,6 +102,12 @@ def test_get_with_query() -> None:
     url = urlencode({"query": "{ a }", "variables": '{"n": 5}', "operationName": "Q"})
     request = ok(read(method="GET", url=url))
     assert request.operations == (OperationRequest("{ a }", {"n": 5}, "Q"),)
+
+
+def test_a_get_body_is_read_too() -> None:
+    request = ok(read(b'{"query": "{ a }"}', method="GET"))
+    assert request.operations[0].query == "{ a }"
+    assert "not both" in refused(read(b'{"query": "{ a }"}', method="GET", url="query=%7Bb%7D"))
 
 
 def test_head_is_read_like_get() -> None:
@@ -163,7 +170,9 @@ HASH = hashlib.sha256(QUERY.encode()).hexdigest()
 
 
 def persisted_body(query: str | None, sha256_hex: str = HASH) -> bytes:
-    payload: dict[str, object] = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex}}}
+    payload: dict[str, object] = {
+        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex}}
+    }
     if query is not None:
         payload["query"] = query
     return json.dumps(payload).encode()
@@ -180,7 +189,9 @@ def test_persisted_query_is_learnt_from_a_verified_request() -> None:
     replay = ok(read(persisted_body(None), persisted=registry))
     assert replay.operations[0].query == QUERY
     assert not replay.cacheable
-    via_get = urlencode({"extensions": json.dumps({"persistedQuery": {"sha256Hash": HASH.upper()}})})
+    via_get = urlencode(
+        {"extensions": json.dumps({"persistedQuery": {"sha256Hash": HASH.upper()}})}
+    )
     assert ok(read(method="GET", url=via_get, persisted=registry)).operations[0].query == QUERY
 
 

@@ -260,5 +260,15 @@ def test_no_limits_no_step() -> None:
 
 
 def test_limits_too_large_to_count_exactly_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"\[0\]\.period: a limit of 1000000000 per 365d"):
-        build_rate_limit_step(POLICY, [rate_limit(limit=10**9, period="365d")], None)
+    with pytest.raises(ValueError, match=r"\[0\]\.period: a sliding window of 1000000000 per 1d"):
+        build_rate_limit_step(POLICY, [rate_limit(limit=10**9, period="1d")], None)
+    with pytest.raises(ValueError, match=r"\[0\]\.period: a bucket of 1000000000 tokens"):
+        build_rate_limit_step(
+            POLICY,
+            [rate_limit(limit=1, period="365d", algorithm="token_bucket", burst=10**9)],
+            None,
+        )
+    # A fixed window counts plainly: a billion a day is fine.
+    assert build_rate_limit_step(
+        POLICY, [rate_limit(limit=10**9, period="1d", algorithm="fixed_window")], None
+    )

@@ -9,7 +9,7 @@ runner reports non-2xx answers as errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +28,11 @@ class Scenario:
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str | None = None
-    lua: str = ""
-    """Extra wrk Lua (e.g. a ``request`` function varying each request); the runner
-    appends its own ``done`` reporter, so do not define ``done``."""
+    lua: str | Callable[[], str] = ""
+    """Extra wrk Lua (e.g. a ``request`` function varying each request), or a function
+    returning it, called once per run when the script is written (tokens that must
+    not expire, data too costly to build on import); the runner appends its own
+    ``done`` reporter, so do not define ``done``."""
     sidecar_args: tuple[str, ...] = ()
     needs_redis: bool = False
     """Start a redis-server and pass ``--redis-url`` to the sidecar."""
@@ -60,8 +62,9 @@ def request_lua(scenario: Scenario) -> str:
         lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
     if scenario.body is not None:
         lines.append(f"wrk.body = {_lua_string(scenario.body)}")
-    if scenario.lua:
-        lines.append(scenario.lua)
+    extra = scenario.lua() if callable(scenario.lua) else scenario.lua
+    if extra:
+        lines.append(extra)
     return "\n".join(lines) + "\n"
 
 
@@ -74,5 +77,43 @@ register(
         ),
         policies=(POLICIES_DIR / "honeypots.yaml",),
         default_policy="bench/honeypots",
+    )
+)
+
+
+def _jwt_lua(kind: str) -> Callable[[], str]:
+    def build() -> str:
+        from bench import jwt_traffic  # signs tokens: only when the scenario runs
+
+        return jwt_traffic.same_token_lua() if kind == "same" else jwt_traffic.fresh_tokens_lua()
+
+    return build
+
+
+register(
+    Scenario(
+        name="jwt",
+        description=(
+            "one policy bound to every request requiring a JWT (inline RS256 key); "
+            "GET / with the same valid token on every request, as real clients send it "
+            "(verified once, then answered from the verified-token cache)"
+        ),
+        policies=(POLICIES_DIR / "jwt.yaml",),
+        default_policy="bench/jwt",
+        lua=_jwt_lua("same"),
+    )
+)
+
+register(
+    Scenario(
+        name="jwt-fresh",
+        description=(
+            "the jwt policy; GET / with a different valid RS256 token on every request "
+            "(20,000 signed up front and cycled so that none is still in the "
+            "verified-token cache: every request is parsed and RSA-verified)"
+        ),
+        policies=(POLICIES_DIR / "jwt.yaml",),
+        default_policy="bench/jwt",
+        lua=_jwt_lua("fresh"),
     )
 )

@@ -26,6 +26,7 @@ from tests.harness.processes import ManagedProcess, StartupError, start_process,
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster nodes also listen on port + 10000
 
 
 def redis_available() -> bool:
@@ -135,7 +136,11 @@ class RedisServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -145,6 +150,19 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free as well."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise StartupError("no free port with a free cluster bus port")
 
 
 def _cluster_args(node_dir: Path) -> tuple[str, ...]:
@@ -172,6 +190,7 @@ class RedisClusterServers:
             self.nodes.append(
                 RedisServer(
                     node_dir,
+                    port=_cluster_port(),
                     extra_args=_cluster_args(node_dir),
                     name=f"redis-cluster-{index}",
                 )
@@ -219,7 +238,11 @@ class RedisClusterServers:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisClusterServers:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # nodes already started must not outlive a failed start
+            raise
         return self
 
     def __exit__(

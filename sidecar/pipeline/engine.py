@@ -130,6 +130,7 @@ class Engine:
             policy=policy.id,
             subject=ctx.subject,
             plan=ctx.plan,
+            api_key_id=ctx.api_key_id,
             risk=ctx.risk,
             flags=tuple(ctx.flags),
             response_headers=tuple(ctx.response_headers),

@@ -89,6 +89,7 @@ class Decision:
     shadow: Deny | None = None  # first would-be deny in shadow mode
     subject: str | None = None
     plan: str | None = None
+    api_key_id: str | None = None  # the key's id, never the key
     risk: int = 0
     flags: tuple[str, ...] = ()
     # Headers for the client on allowed responses too (RateLimit, RateLimit-Policy).

@@ -64,6 +64,8 @@ def _metadata(decision: Decision, client_ip: str) -> Struct:
         fields["subject"] = decision.subject
     if decision.plan:
         fields["plan"] = decision.plan
+    if decision.api_key_id:
+        fields["api_key"] = decision.api_key_id
     if decision.deny is not None:
         fields["reason"] = decision.deny.reason.value
     meta.update(fields)

@@ -69,7 +69,7 @@ class CohortRule:
 
 @dataclass(frozen=True, slots=True)
 class Counted:
-    """One event a cohort counted: which rule, which key, and the request behind it."""
+    """One event a cohort counted: which rule, under which key."""
 
     rule: CohortRule
     key: str

@@ -33,7 +33,8 @@ async def test_credential_stuffing_blocks_one_ip_failing_across_accounts() -> No
         access_log_entry(
             401,
             "/api/auth/login",
-            metadata={"policy": "shop/login", "client_ip": "198.51.100.66"},
+            authority="login.shop.example.com",
+            metadata={"policy": "shop/credential-stuffing", "client_ip": "198.51.100.66"},
             headers={"x-login-account": f"user{n}"},
         )
         for n in range(20)
@@ -51,7 +52,7 @@ async def test_credential_stuffing_blocks_one_ip_failing_across_accounts() -> No
     decision = await engine.decide(ctx, policy)
     assert decision.deny is not None
     assert decision.deny.reason is Reason.COHORT_BLOCKED
-    assert decision.deny.rule == "credential-stuffers"
+    assert decision.deny.rule == "stuffing-ips"
 
 
 async def test_brute_force_flags_one_account_failing_from_many_ips() -> None:
@@ -62,8 +63,8 @@ async def test_brute_force_flags_one_account_failing_from_many_ips() -> None:
         access_log_entry(
             401,
             "/api/auth/login",
-            authority="accounts.example.com",
-            metadata={"policy": "shop/accounts", "client_ip": f"203.0.113.{n}"},
+            authority="accounts.shop.example.com",
+            metadata={"policy": "shop/brute-force", "client_ip": f"203.0.113.{n}"},
             headers={"x-login-account": "alice"},
         )
         for n in range(10)

@@ -28,6 +28,12 @@ def _section(
         # Builders may name the exact field (``spec.identity.jwt.jwks.keys[1].kty``).
         field = getattr(exc, "field_path", None) or path
         message = getattr(exc, "message", None) or str(exc)
+        if message.startswith("graphql.costBudget"):  # the budget is compiled with the limits
+            detail, _, message = message.partition(": ")
+            field = "spec." + detail
+        elif message.startswith("[") and "]" in message and ": " in message:
+            detail, _, message = message.partition(": ")
+            field += detail
         raise PolicyError(source, None, field, message) from exc
 
 

@@ -258,7 +258,9 @@ class OtlpExporter:
         self._batch_size = batch_size
         self._interval = interval
         self._timeout = timeout
-        self._queue: list[bytes] = []
+        self._chunks: list[bytes] = []  # one entry per Check: its spans, concatenated
+        self._counts: list[int] = []  # spans in each chunk
+        self._queued = 0
         self._wakeup = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
         self._export: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] | None = None
@@ -281,14 +283,17 @@ class OtlpExporter:
         self._task = asyncio.create_task(self._run(), name="otlp-export")
         log.info("exporting traces to %s (OTLP/gRPC%s)", self._target, ", TLS" if self._tls else "")
 
-    def add(self, spans: list[bytes]) -> None:
-        """Queue the spans of one Check (called on the event loop, never blocks)."""
-        if len(self._queue) + len(spans) > self._max_queue:
-            self._dropped_full.inc(len(spans))
-            self._unreported_drops += len(spans)
+    def add(self, spans: bytes, count: int) -> None:
+        """Queue the encoded spans of one Check (``count`` of them, concatenated).
+        Called on the event loop; never blocks."""
+        if self._queued + count > self._max_queue:
+            self._dropped_full.inc(count)
+            self._unreported_drops += count
             return
-        self._queue.extend(spans)
-        if len(self._queue) >= self._batch_size:
+        self._chunks.append(spans)
+        self._counts.append(count)
+        self._queued += count
+        if self._queued >= self._batch_size:
             self._wakeup.set()
 
     async def _run(self) -> None:
@@ -301,22 +306,28 @@ class OtlpExporter:
             self._wakeup.clear()
             # Full batches only, unless the interval passed: an export call costs the
             # loop far more than a span, so small batches under load would cost dearly.
-            while len(self._queue) >= self._batch_size:
-                await self._send(self._take())
-            if timed_out and self._queue:
-                await self._send(self._take())
+            while self._queued >= self._batch_size:
+                await self._send(*self._take())
+            if timed_out and self._queued:
+                await self._send(*self._take())
 
-    def _take(self) -> list[bytes]:
-        batch = self._queue[: self._batch_size]
-        del self._queue[: self._batch_size]
-        return batch
+    def _take(self) -> tuple[list[bytes], int]:
+        """Whole Checks' spans, up to about ``batch_size`` spans."""
+        taken = end = 0
+        while end < len(self._chunks) and taken < self._batch_size:
+            taken += self._counts[end]
+            end += 1
+        chunks = self._chunks[:end]
+        del self._chunks[:end], self._counts[:end]
+        self._queued -= taken
+        return chunks, taken
 
     async def flush(self) -> None:
         """Send everything queued now."""
-        while self._queue:
-            await self._send(self._take())
+        while self._queued:
+            await self._send(*self._take())
 
-    async def _send(self, batch: list[bytes]) -> None:
+    async def _send(self, batch: list[bytes], count: int) -> None:
         assert self._export is not None
         request = self._envelope.request(batch)
         for attempt in range(3):
@@ -326,16 +337,16 @@ class OtlpExporter:
                 if exc.code() in _RETRYABLE and attempt < 2:
                     await asyncio.sleep(0.5 * (attempt + 1))
                     continue
-                self._dropped_failed.inc(len(batch))
-                self._unreported_drops += len(batch)
+                self._dropped_failed.inc(count)
+                self._unreported_drops += count
                 self._warn(f"{exc.code().name}: {exc.details()}")
                 return
             except Exception as exc:  # a closed channel, a bug: never kill the export loop
-                self._dropped_failed.inc(len(batch))
-                self._unreported_drops += len(batch)
+                self._dropped_failed.inc(count)
+                self._unreported_drops += count
                 self._warn(repr(exc))
                 return
-            self._exported.inc(len(batch))
+            self._exported.inc(count)
             return
 
     def _warn(self, problem: str) -> None:

@@ -264,7 +264,7 @@ class CheckTrace:
                 status,
             )
         )
-        self._exporter.add(spans)
+        self._exporter.add(b"".join(spans), len(spans))
 
     def store_span(
         self, store: str, fallback: bool, operations: int, start: int, error: str

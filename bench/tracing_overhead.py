@@ -132,7 +132,10 @@ async def measure(checks: int, rounds: int, endpoint: str) -> dict[str, list[flo
     await traced.start()
     await unsampled.start()
     configs = {
-        "off": (Authorizer(registry, engine, decision_log=decision_log), check_request(traceparent=True)),
+        "off": (
+            Authorizer(registry, engine, decision_log=decision_log),
+            check_request(traceparent=True),
+        ),
         "unsampled": (
             Authorizer(registry, engine, tracing=unsampled, decision_log=decision_log),
             check_request(traceparent=False),
@@ -155,7 +158,9 @@ async def measure(checks: int, rounds: int, endpoint: str) -> dict[str, list[flo
     await traced.aclose()
     await unsampled.aclose()
     if _dropped():
-        raise RuntimeError(f"{_dropped():.0f} spans were dropped: the figures would flatter tracing")
+        raise RuntimeError(
+            f"{_dropped():.0f} spans were dropped: the figures would flatter tracing"
+        )
     return results
 
 
@@ -170,7 +175,11 @@ def report(results: dict[str, list[float]], checks: int, rounds: int) -> str:
     ]
     for name, values in results.items():
         median = statistics.median(values)
-        delta = "" if name == "off" else f"{(median - base) / base * 100:+.0f}% ({(median - base) * 1e6:+.1f} µs)"
+        delta = (
+            ""
+            if name == "off"
+            else f"{(median - base) / base * 100:+.0f}% ({(median - base) * 1e6:+.1f} µs)"
+        )
         lines.append(f"| {name} | {median * 1e6:.1f} | {delta} |")
     return "\n".join(lines)
 

@@ -27,8 +27,20 @@ What it serves (HTTP/1.1, optional TLS; bearer tokens; optional RBAC):
 Test hooks on :class:`KubeApiServer`: :meth:`~KubeApiServer.compact`,
 :meth:`~KubeApiServer.restart`, :meth:`~KubeApiServer.drop_watches`,
 :meth:`~KubeApiServer.send_bookmarks`, :meth:`~KubeApiServer.inject`,
-:meth:`~KubeApiServer.wait_for_watches`, and the request log
-:attr:`~KubeApiServer.requests`.
+:meth:`~KubeApiServer.wait_for_watches`, direct writes (:meth:`~KubeApiServer.create`,
+:meth:`~KubeApiServer.update` with ``validate=False``, :meth:`~KubeApiServer.delete`), and
+the request log :attr:`~KubeApiServer.requests` / :meth:`~KubeApiServer.requests_to`.
+
+Typical use in a watcher test::
+
+    with KubeApiServer(load_crd(CRD_PATH), bookmark_lead=0.3) as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+        start_the_watcher()                        # lists, then watches from the list RV
+        api.wait_for_watches("abusepolicies")
+        api.create(policy)                         # ADDED reaches the watcher
+        api.drop_watches()                         # connection cut: it must resume from its RV
+        api.compact(); api.drop_watches()          # its RV is now too old: 410, it must relist
+        api.requests_to("abusepolicies", "PATCH")  # what it wrote to /status, with which type
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import string
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1190,10 +1203,34 @@ class _HttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     api: KubeApiServer
 
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """Cut every client connection (keep-alive ones included) so no handler outlives
+        the server."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def _dispatch(self) -> None:
         self.server.api._handle(self)
@@ -1300,6 +1337,8 @@ class KubeApiServer:
             ADMIN_TOKEN: User("admin", ("system:masters", "system:authenticated"))
         }
         self.requests: list[RecordedRequest] = []
+        # Tracebacks of this server's own bugs (answered as 500); a test may assert it is empty.
+        self.internal_errors: list[str] = []
         self._faults: list[Fault] = []
         self._initializing = 0
         self._lock = threading.Lock()
@@ -1309,7 +1348,7 @@ class KubeApiServer:
             self._types.setdefault((rtype.group, rtype.version), {})[rtype.plural] = rtype
         self._cluster_ips = (str(ip) for ip in ipaddress.ip_network("10.96.0.0/16").hosts())
         next(self._cluster_ips)  # 10.96.0.1 is the kubernetes Service
-        self._http = _HttpServer(("127.0.0.1", 0), _Handler)
+        self._http = _HttpServer(("127.0.0.1", 0))
         self._http.api = self
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self.ca_file: Path | None = None
@@ -1344,6 +1383,7 @@ class KubeApiServer:
         self.drop_watches(clean=False)
         self._http.shutdown()
         self._http.server_close()
+        self._http.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._tls_dir is not None:
@@ -1674,6 +1714,12 @@ class KubeApiServer:
             handler.send_body(code, encode(error.status()), headers)
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
+        except Exception as exc:  # a bug in this server: answer 500 and keep it for the test
+            code = 500
+            self.internal_errors.append(traceback.format_exc())
+            with contextlib.suppress(OSError):
+                bug = ApiError(500, "InternalError", f"fake apiserver bug: {exc!r}")
+                handler.send_body(500, encode(bug.status()), [("Content-Type", "application/json")])
         finally:
             if not request.recorded:
                 self._record(request, code)

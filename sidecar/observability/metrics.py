@@ -107,13 +107,22 @@ def _multiprocess_dir() -> Path | None:
 
 
 def _process_alive(pid: int) -> bool:
+    """Running, or at least not dead: a worker killed but not yet waited for by the
+    supervisor is a zombie, which ``kill(pid, 0)`` still finds."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    except OSError:  # no /proc (not Linux): ask the kernel the portable way
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by someone else
+        return True
+    state = stat[stat.rindex(")") + 2 :].split(" ", 1)[0]
+    return state not in ("Z", "X")
 
 
 def _db_files(directory: Path) -> list[tuple[Path, str, int]]:

@@ -30,7 +30,6 @@ from functools import lru_cache
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-from opentelemetry.trace.span import TraceState
 
 from sidecar import __version__
 from sidecar.errors import ConfigurationError
@@ -53,10 +52,8 @@ _STORE_NAME = otlp.name_and_kind(STORE_SPAN, otlp.KIND_CLIENT)
 
 
 def _new_id(bits: int) -> int:
-    while True:
-        value = random.getrandbits(bits)
-        if value:
-            return value
+    # All zeros is the one invalid id; its 2**-64 chance is not worth a loop.
+    return random.getrandbits(bits) or 1
 
 
 def parse_traceparent(value: str) -> tuple[int, int, bool] | None:
@@ -105,7 +102,7 @@ class Tracing:
             return None
         state = ctx.headers.get("tracestate")
         return CheckTrace(
-            self.exporter, ctx, trace_id, parent_id, _trace_state(state) if state else ""
+            self.exporter, ctx, trace_id, parent_id, valid_trace_state(state) if state else ""
         )
 
     async def start(self) -> None:
@@ -211,7 +208,7 @@ class CheckTrace:
     ) -> tuple[tuple[Step, ...], Step | None, Store, Store]:
         """The same pipeline, each step and store call recording its span here."""
         return (
-            tuple(TracedStep(step, self) for step in steps),
+            tuple([TracedStep(step, self) for step in steps]),
             TracedStep(active_blocks, self) if active_blocks is not None else None,
             TracedStore(store, self, fallback=False),
             TracedStore(fallback, self, fallback=True),
@@ -339,10 +336,28 @@ def _step_parts(name: str) -> tuple[bytes, bytes, bytes]:
 
 
 @lru_cache(maxsize=1024)
-def _trace_state(header: str) -> str:
-    # Invalid entries are dropped, as the W3C rules and the OTel API say. Cached:
-    # a deployment sees the same few tracestate values again and again.
-    return TraceState.from_header([header]).to_header()
+def valid_trace_state(header: str) -> str:
+    """``tracestate`` as we pass it on: its members when all are valid (W3C Trace
+    Context, section 3.3), else nothing. Not the OTel API's parser: it logs a
+    warning with the client's text for every invalid header. Cached: a deployment
+    sees the same few values again and again."""
+    members = [m for m in (part.strip(" \t") for part in header.split(",")) if m]
+    if len(members) > _MAX_TRACESTATE_MEMBERS:
+        return ""
+    keys = set()
+    for member in members:
+        match = _TRACESTATE_MEMBER.fullmatch(member)
+        if match is None or match["key"] in keys:
+            return ""
+        keys.add(match["key"])
+    return ",".join(members)
+
+
+_MAX_TRACESTATE_MEMBERS = 32
+_TRACESTATE_MEMBER = re.compile(
+    r"(?P<key>[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
 
 
 class TracedStore:

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]  # no stubs published
 import pytest
 import yaml
 from conftest import CHART, CI_PROFILES, NAMESPACE, RELEASE, ROOT, Helm, HelmFailed, Render, find
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 # The minimum in Chart.yaml's kubeVersion and a current release.
 KUBE_VERSIONS = ("1.26.0", "1.35.0")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]  # no stubs published
 import pytest
 import yaml
 from conftest import ROOT
@@ -62,6 +63,16 @@ def test_there_is_an_example_per_seed_scenario() -> None:
     for name in ("brute-force", "credential-stuffing"):
         codes = [c.get("responseCodes") for c in by_name[name]["spec"]["cohorts"]]
         assert any(c and 401 in c for c in codes), f"{name} counts failed logins (401) in a cohort"
+
+
+def test_no_two_examples_bind_the_same_host() -> None:
+    """Applied together, the examples must not compete for a host (the binding would depend
+    on which policy the sidecar saw first)."""
+    seen: dict[str, str] = {}
+    for where, doc in POLICIES:
+        for host in doc["spec"].get("hosts", []):
+            assert host not in seen, f"{host} is in {seen.get(host)} and {where}"
+            seen[host] = where
 
 
 @pytest.mark.parametrize(("where", "doc"), POLICIES, ids=[w for w, _ in POLICIES])
@@ -136,7 +147,6 @@ def test_api_key_secret_has_the_contract_shape() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_builtin_examples_are_valid_kubernetes_objects(path: Path) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for doc in yaml.safe_load_all(path.read_text()):
         if isinstance(doc, dict) and doc["kind"] != "AbusePolicy":
             kubernetes_validate.validate(doc, "1.35.0", strict=True)

@@ -12,7 +12,11 @@ upstream what the authorizer saw (``x-noop-*`` headers) and carry dynamic
 metadata, so tests can show what reaches the authorizer and the access log.
 Without ``--record`` nothing but the constant response is done.
 
-    python -m tests.harness.noop_authz --listen 127.0.0.1:9001 [--record FILE]
+``--redis-url URL`` makes every Check await one plain redis-py asyncio ``GET``
+before answering OK: the ceiling for an authorizer that needs Redis once per
+request (issue 5's benchmark compares the sidecar's rate limits with it).
+
+    python -m tests.harness.noop_authz --listen 127.0.0.1:9001 [--record FILE] [--redis-url URL]
 """
 
 from __future__ import annotations
@@ -53,6 +57,23 @@ class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        return _OK
+
+
+class RedisCallingAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """OK after one ``GET`` of a fixed key: the cost of one plain Redis call per Check."""
+
+    KEY = "noop-authz:ceiling"
+
+    def __init__(self, redis_url: str) -> None:
+        import redis.asyncio
+
+        self.redis: Any = redis.asyncio.Redis.from_url(redis_url)
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        await self.redis.get(self.KEY)
         return _OK
 
 
@@ -161,11 +182,15 @@ class RecordingAccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore
         return als_pb2.StreamAccessLogsResponse()
 
 
-async def serve(listen: str, record: Path | None = None) -> None:
+async def serve(listen: str, record: Path | None = None, redis_url: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight calls."""
     server = grpc.aio.server()
     recorder = _Recorder(record) if record is not None else None
-    if recorder is None:
+    redis_calling = RedisCallingAuthorization(redis_url) if redis_url else None
+    if redis_calling is not None:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(redis_calling, server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(DiscardingAccessLog(), server)
+    elif recorder is None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(NoopAuthorization(), server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(DiscardingAccessLog(), server)
     else:
@@ -186,6 +211,8 @@ async def serve(listen: str, record: Path | None = None) -> None:
     await server.stop(grace=2)
     if recorder is not None:
         recorder.close()
+    if redis_calling is not None:
+        await redis_calling.redis.aclose()
 
 
 @dataclass
@@ -216,9 +243,14 @@ class NoopAuthzProcess:
 
 
 def start_noop_authz(
-    *, log_dir: Path, port: int | None = None, record: bool = False
+    *,
+    log_dir: Path,
+    port: int | None = None,
+    record: bool = False,
+    redis_url: str | None = None,
 ) -> NoopAuthzProcess:
-    """Run this module as a process on ``port`` (default: a free one) and wait for it.
+    """Run this module as a process on ``port`` (default: a free one) and wait for it;
+    with ``redis_url`` each Check makes one Redis ``GET`` first.
 
     Several may share one port (gRPC sets SO_REUSEPORT): the wait is for this
     process's own "listening" line, not for the port.
@@ -228,6 +260,8 @@ def start_noop_authz(
     argv = [sys.executable, "-m", "tests.harness.noop_authz", "--listen", f"{LOOPBACK}:{port}"]
     if record_path is not None:
         argv += ["--record", str(record_path)]
+    if redis_url is not None:
+        argv += ["--redis-url", redis_url]
     process = start_process(f"noop-authz-{port}", argv, log_dir=log_dir, cwd=_REPO_ROOT)
     try:
         wait_for_log(process, "listening on")
@@ -241,13 +275,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.harness.noop_authz")
     parser.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
     parser.add_argument("--record", type=Path, metavar="FILE", help="JSON lines of what arrived")
+    parser.add_argument("--redis-url", metavar="URL", help="one Redis GET per Check before OK")
     args = parser.parse_args(argv)
+    if args.record is not None and args.redis_url:
+        parser.error("--record and --redis-url do not combine")
     runner: Any = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
 
         runner = uvloop.run
-    runner(serve(args.listen, args.record))
+    runner(serve(args.listen, args.record, args.redis_url))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - environment problem, not a test
         "pip install --force-reinstall --no-deps opentelemetry-proto"
     ) from exc
 
-assert InstrumentationScope  # the import above fails on the stale copy; keep it explicit
+_STALE_COPY_LACKS = InstrumentationScope  # the import that fails on xds-protos' copy
 
 
 def _value(value: AnyValue) -> Any:
@@ -62,13 +63,11 @@ class ReceivedSpan:
     scope: str = ""
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    async def Export(  # noqa: N802
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> Any:
+    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._receiver.accept(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -116,7 +115,7 @@ class OtlpReceiver:
 
     async def start(self) -> OtlpReceiver:
         server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)  # type: ignore[no-untyped-call]
         self.port = server.add_insecure_port(f"{self._host}:{self._port}")
         await server.start()
         self._server = server
@@ -137,10 +136,8 @@ class OtlpReceiver:
             if remaining <= 0:
                 break
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
         return self.spans
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
@@ -158,14 +155,14 @@ class OtlpReceiver:
         await self.stop()
 
 
-class _CountingService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _CountingService(trace_service_pb2_grpc.TraceServiceServicer):
     """Counts without decoding span contents: the benchmark collector."""
 
     def __init__(self) -> None:
         self.requests = 0
         self.spans = 0
 
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.requests += 1
         self.spans += sum(len(s.spans) for rs in request.resource_spans for s in rs.scope_spans)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -174,7 +171,7 @@ class _CountingService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ig
 async def _serve(port: int) -> None:
     service = _CountingService()
     server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"listening 127.0.0.1:{bound}", flush=True)

@@ -103,7 +103,9 @@ class CheckClient:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = external_auth_pb2_grpc.AuthorizationStub(self._channel)
 
-    async def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+    async def check(
+        self, request: external_auth_pb2.CheckRequest
+    ) -> external_auth_pb2.CheckResponse:
         response: external_auth_pb2.CheckResponse = await self._stub.Check(request, timeout=10)
         return response
 

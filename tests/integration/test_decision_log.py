@@ -15,6 +15,7 @@ import logging
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -56,21 +57,41 @@ DECISION_FIELDS = {
 }  # fmt: skip
 
 
-def _requests() -> list[tuple[int, object]]:
+def _requests() -> list[tuple[int, Any]]:
     """(expected status, CheckRequest): every credential, on allows and on denies."""
     everything = {**secret_headers(), "traceparent": TRACEPARENT, "x-request-id": "req-1"}
     return [
         (200, check_request(headers=everything, body=f'{{"password": "{BODY_SECRET}"}}')),
-        (200, check_request(path=f"/search?api_key={QUERY_SECRET}", headers=everything, method="POST", body=BODY_SECRET)),
+        (
+            200,
+            check_request(
+                path=f"/search?api_key={QUERY_SECRET}",
+                headers=everything,
+                method="POST",
+                body=BODY_SECRET,
+            ),
+        ),
         (401, check_request(headers={**secret_headers(WRONG_API_KEY), "traceparent": TRACEPARENT})),
-        (401, check_request(headers={"authorization": f"Bearer {BEARER_JWT}", "cookie": "a=b"}, body=BODY_SECRET)),
-        (403, check_request(path="/.env", source_ip="198.51.100.200", headers=everything, body=BODY_SECRET)),
+        (
+            401,
+            check_request(
+                headers={"authorization": f"Bearer {BEARER_JWT}", "cookie": "a=b"}, body=BODY_SECRET
+            ),
+        ),
+        (
+            403,
+            check_request(
+                path="/.env", source_ip="198.51.100.200", headers=everything, body=BODY_SECRET
+            ),
+        ),
         (403, check_request(source_ip="203.0.113.9", headers=everything)),
     ]
 
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
-async def test_secrets_never_reach_the_logs_at_debug_level(tmp_path: Path, log_dir: Path, log_format: str) -> None:
+async def test_secrets_never_reach_the_logs_at_debug_level(
+    tmp_path: Path, log_dir: Path, log_format: str
+) -> None:
     sidecar = await asyncio.to_thread(
         start_sidecar,
         log_dir=log_dir,
@@ -80,7 +101,9 @@ async def test_secrets_never_reach_the_logs_at_debug_level(tmp_path: Path, log_d
     )
     client = CheckClient(sidecar.grpc_target)
     try:
-        statuses = [(expected, status_of(await client.check(request))) for expected, request in _requests()]  # type: ignore[arg-type]
+        statuses = [
+            (expected, status_of(await client.check(request))) for expected, request in _requests()
+        ]
     finally:
         await client.close()
         await asyncio.to_thread(sidecar.stop)
@@ -97,17 +120,22 @@ async def test_secrets_never_reach_the_logs_at_debug_level(tmp_path: Path, log_d
 
 async def test_json_decision_lines_carry_what_on_call_needs(tmp_path: Path, log_dir: Path) -> None:
     sidecar = await asyncio.to_thread(
-        start_sidecar, log_dir=log_dir, policies=[write_policy(tmp_path)], env={"ABUSE_SIDECAR_LOG_LEVEL": "info"}
+        start_sidecar,
+        log_dir=log_dir,
+        policies=[write_policy(tmp_path)],
+        env={"ABUSE_SIDECAR_LOG_LEVEL": "info"},
     )
     client = CheckClient(sidecar.grpc_target)
     try:
         for _, request in _requests():
-            await client.check(request)  # type: ignore[arg-type]
+            await client.check(request)
     finally:
         await client.close()
         await asyncio.to_thread(sidecar.stop)
 
-    lines = [json.loads(line) for line in sidecar.process.log_text().splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in sidecar.process.log_text().splitlines() if line.startswith("{")
+    ]
     decisions = [line for line in lines if line["logger"] == "sidecar.decisions"]
     # At info: one line per deny, none for the two allows.
     assert [(d["decision"], d["reason"], d["status"]) for d in decisions] == [
@@ -119,12 +147,21 @@ async def test_json_decision_lines_carry_what_on_call_needs(tmp_path: Path, log_
     invalid = decisions[0]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", invalid["time"])
     assert invalid["level"] == "info"
-    assert (invalid["policy"], invalid["rule"], invalid["client_ip"]) == (POLICY_ID, "identity.apiKey", "198.51.100.7")
+    assert (invalid["policy"], invalid["rule"], invalid["client_ip"]) == (
+        POLICY_ID,
+        "identity.apiKey",
+        "198.51.100.7",
+    )
     assert invalid["trace_id"] == CLIENT_TRACE  # tracing off: the client's trace
     assert invalid["risk"] == 0
-    assert (invalid["method"], invalid["host"], invalid["path"]) == ("GET", "api.example.com", "/api/items")
+    assert (invalid["method"], invalid["host"], invalid["path"]) == (
+        "GET",
+        "api.example.com",
+        "/api/items",
+    )
     # The honeypot denies before identity runs: no subject established, none logged.
-    assert decisions[2]["request_id"] == "req-1" and "subject" not in decisions[2]
+    assert decisions[2]["request_id"] == "req-1"
+    assert "subject" not in decisions[2]
     assert decisions[3]["client_ip"] == "203.0.113.9"
     assert set(invalid) - {"time", "level", "logger", "message"} <= DECISION_FIELDS
 
@@ -137,7 +174,11 @@ def test_a_decision_record_has_only_allowlisted_fields_and_no_request_content() 
     ctx = context_from_check(
         check_request(
             path=f"/x?api_key={QUERY_SECRET}",
-            headers={**secret_headers(), "traceparent": TRACEPARENT, "x-request-id": f"Bearer {BEARER_JWT}"},
+            headers={
+                **secret_headers(),
+                "traceparent": TRACEPARENT,
+                "x-request-id": f"Bearer {BEARER_JWT}",
+            },
             body=BODY_SECRET,
         )
     )
@@ -175,7 +216,7 @@ def test_allows_are_logged_at_debug_only(level: int, allows_logged: bool) -> Non
     log.record(ctx, Decision(allowed=True, policy=POLICY_ID, shadow=deny), None)
 
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    expected = [("allow", None)] if allows_logged else []
+    expected: list[tuple[str, str | None]] = [("allow", None)] if allows_logged else []
     expected += [("deny", None), ("allow", "rate_limited")]
     assert [(line["decision"], line.get("shadow")) for line in lines] == expected
     assert API_KEY not in stream.getvalue()
@@ -188,7 +229,10 @@ def test_the_scrubber_catches_a_request_logged_by_mistake() -> None:
     logger.debug("headers %s", ctx.headers)
     logger.debug("headers as JSON %s", json.dumps(dict(ctx.headers)))
     logger.debug("raw request %s", request.attributes.request.http.headers)
-    logger.info("upstream said", extra={"auth": f"Authorization: Bearer {BEARER_JWT}", "key": f"x-api-key={API_KEY}"})
+    logger.info(
+        "upstream said",
+        extra={"auth": f"Authorization: Bearer {BEARER_JWT}", "key": f"x-api-key={API_KEY}"},
+    )
     try:
         raise ValueError(f"bad credential Authorization: Basic {SECRETS[4]} cookie={SECRETS[5]}")
     except ValueError:
@@ -201,7 +245,11 @@ def test_the_scrubber_catches_a_request_logged_by_mistake() -> None:
     assert "ValueError" in output  # the traceback survives, scrubbed
 
 
-token68 = st.text(st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"), min_size=12, max_size=64)
+token68 = st.text(
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"),
+    min_size=12,
+    max_size=64,
+)
 FORMATS = (
     "Authorization: Bearer {s}",
     "authorization: Basic {s}==",
@@ -218,8 +266,15 @@ FORMATS = (
 
 
 @settings(max_examples=300, deadline=None)
-@given(secret=token68, template=st.sampled_from(FORMATS), prefix=st.text(max_size=20), suffix=st.text(max_size=20))
-def test_scrub_removes_credentials_in_every_usual_shape(secret: str, template: str, prefix: str, suffix: str) -> None:
+@given(
+    secret=token68,
+    template=st.sampled_from(FORMATS),
+    prefix=st.text(max_size=20),
+    suffix=st.text(max_size=20),
+)
+def test_scrub_removes_credentials_in_every_usual_shape(
+    secret: str, template: str, prefix: str, suffix: str
+) -> None:
     line = prefix + " " + template.format(s=secret) + " " + suffix
     if secret in prefix + suffix:
         return

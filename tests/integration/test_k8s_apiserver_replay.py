@@ -453,7 +453,8 @@ def test_resource_versions_relate_as_recorded(
 ) -> None:
     """One recorded RV always maps to one fake RV: the same object version, the same list
     revision, a DELETED carrying a new RV, every page carrying the first page's RV."""
-    _, _, rvs, _ = replayed
+    _, _, rvs, server = replayed
+    assert not server.internal_errors
     assert not rvs.mismatches
     # Order is kept. (Several recorded list RVs may share one fake RV: the real cluster's
     # revision also moved through writes of its own, such as the apiserver's identity Lease.)
@@ -471,6 +472,7 @@ def test_resource_versions_relate_as_recorded(
 def server() -> Iterator[KubeApiServer]:
     with KubeApiServer(load_crd(TESTDATA / "crd.yaml"), bookmark_lead=0.4) as running:
         yield running
+        assert not running.internal_errors
 
 
 @pytest.fixture

@@ -5,12 +5,14 @@ supervisor's ``/metrics`` aggregates them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,20 +68,38 @@ def _worker_pids(directory: Path, supervisor: int) -> list[int]:
     return sorted(pids - {supervisor})
 
 
-async def _send(sidecar: SidecarProcess, worker: int, allowed: int, missing: int, invalid: int) -> None:
+def _gone(pid: int) -> bool:
+    """Exited (a zombie until its parent waits for it counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
+
+
+async def _send(
+    sidecar: SidecarProcess, worker: int, allowed: int, missing: int, invalid: int
+) -> None:
     client = CheckClient(f"127.0.0.1:{sidecar.grpc_port + worker}")
     try:
         for _ in range(allowed):
-            assert status_of(await client.check(check_request(headers={"x-api-key": API_KEY}))) == 200
+            assert (
+                status_of(await client.check(check_request(headers={"x-api-key": API_KEY}))) == 200
+            )
         for _ in range(missing):
             assert status_of(await client.check(check_request())) == 401
         for _ in range(invalid):
-            assert status_of(await client.check(check_request(headers={"x-api-key": WRONG_API_KEY}))) == 401
+            assert (
+                status_of(await client.check(check_request(headers={"x-api-key": WRONG_API_KEY})))
+                == 401
+            )
     finally:
         await client.close()
 
 
-async def test_worker_metrics_add_up_and_survive_a_dead_worker(tmp_path: Path, log_dir: Path) -> None:
+async def test_worker_metrics_add_up_and_survive_a_dead_worker(
+    tmp_path: Path, log_dir: Path
+) -> None:
     directory = tmp_path / "prometheus"
     directory.mkdir()
     _leave_a_previous_run(directory)
@@ -97,13 +117,28 @@ async def test_worker_metrics_add_up_and_survive_a_dead_worker(tmp_path: Path, l
 
         decisions = "abuse_sidecar_decisions_total"
         assert _value(before, decisions, policy=POLICY_ID, decision="allow", reason="") == 7
-        assert _value(before, decisions, policy=POLICY_ID, decision="deny", reason="missing_credentials") == 2
-        assert _value(before, decisions, policy=POLICY_ID, decision="deny", reason="invalid_credentials") == 1
-        assert all(s["policy"] != "old/run" for s in _series(before, decisions))  # the old run is gone
+        assert (
+            _value(
+                before, decisions, policy=POLICY_ID, decision="deny", reason="missing_credentials"
+            )
+            == 2
+        )
+        assert (
+            _value(
+                before, decisions, policy=POLICY_ID, decision="deny", reason="invalid_credentials"
+            )
+            == 1
+        )
+        assert all(
+            s["policy"] != "old/run" for s in _series(before, decisions)
+        )  # the old run is gone
         assert _value(before, "abuse_sidecar_check_duration_seconds_count") == 10
         assert _value(before, "abuse_sidecar_check_duration_seconds_bucket", le="+Inf") == 10
         # Three processes loaded the one policy: one series, not one per pid, not 3 or 42.
-        assert sorted(s["state"] for s in _series(before, "abuse_sidecar_policies")) == ["invalid", "ready"]
+        assert sorted(s["state"] for s in _series(before, "abuse_sidecar_policies")) == [
+            "invalid",
+            "ready",
+        ]
         assert _value(before, "abuse_sidecar_policies", state="ready") == 1
         assert _value(before, "abuse_sidecar_policies", state="invalid") == 0
 
@@ -111,9 +146,7 @@ async def test_worker_metrics_add_up_and_survive_a_dead_worker(tmp_path: Path, l
         os.kill(dead, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.kill(dead, 0)
-            except ProcessLookupError:
+            if _gone(dead):
                 break
             await asyncio.sleep(0.05)
         after = _samples(await asyncio.to_thread(sidecar.metrics))
@@ -129,7 +162,9 @@ async def test_worker_metrics_add_up_and_survive_a_dead_worker(tmp_path: Path, l
     assert list(directory.glob(f"counter_{dead}.db"))
 
 
-def _sidecar_with_redis_down(tmp_path: Path, log_dir: Path) -> Iterator[SidecarProcess]:
+def _sidecar_with_redis_down(
+    tmp_path: Path, log_dir: Path
+) -> Generator[SidecarProcess, None, None]:
     sidecar = start_sidecar(
         log_dir=log_dir,
         policies=[write_policy(tmp_path)],
@@ -144,7 +179,9 @@ def _sidecar_with_redis_down(tmp_path: Path, log_dir: Path) -> Iterator[SidecarP
         sidecar.stop()
 
 
-async def test_store_errors_count_each_check_that_found_the_store_down(tmp_path: Path, log_dir: Path) -> None:
+async def test_store_errors_count_each_check_that_found_the_store_down(
+    tmp_path: Path, log_dir: Path
+) -> None:
     starting = _sidecar_with_redis_down(tmp_path, log_dir)
     sidecar = await asyncio.to_thread(next, starting)
     try:
@@ -156,4 +193,42 @@ async def test_store_errors_count_each_check_that_found_the_store_down(tmp_path:
 
     assert _series(samples, "abuse_sidecar_store_errors_total") == [{"store": "redis"}]
     assert _value(samples, "abuse_sidecar_store_errors_total", store="redis") == 5
-    assert _value(samples, "abuse_sidecar_decisions_total", policy=POLICY_ID, decision="allow", reason="") == 5
+    assert (
+        _value(
+            samples, "abuse_sidecar_decisions_total", policy=POLICY_ID, decision="allow", reason=""
+        )
+        == 5
+    )
+
+
+def test_the_grafana_dashboard_queries_only_metrics_we_export() -> None:
+    from prometheus_client import REGISTRY
+
+    import sidecar.observability.metrics  # noqa: F401  (declares them on the default registry)
+
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "manifests" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exported = {
+        sample
+        for family in REGISTRY.collect()
+        if family.name.startswith("abuse_sidecar_")
+        for sample in (
+            family.name,
+            f"{family.name}_total",
+            f"{family.name}_bucket",
+            f"{family.name}_count",
+        )
+    }
+    used = {name for expr in exprs for name in re.findall(r"abuse_sidecar_\w+", expr)}
+    assert used <= exported, used - exported
+    # The contract's metrics each have a panel.
+    for name in (
+        "decisions_total",
+        "check_duration_seconds",
+        "store_errors_total",
+        "policies",
+        "cohort_members",
+    ):
+        assert any(f"abuse_sidecar_{name}" in expr for expr in exprs), name

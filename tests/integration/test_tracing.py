@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
 
 from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry
@@ -34,6 +36,7 @@ from sidecar.observability.tracing import (
     build_tracing,
     parse_traceparent,
     start_tracing,
+    valid_trace_state,
 )
 from sidecar.pipeline.engine import Engine
 from sidecar.server.authz import Authorizer
@@ -91,7 +94,9 @@ async def collector() -> AsyncIterator[OtlpReceiver]:
 
 
 @pytest.fixture
-async def traced(collector: OtlpReceiver, tmp_path: Path, log_dir: Path) -> AsyncIterator[tuple[SidecarProcess, CheckClient]]:
+async def traced(
+    collector: OtlpReceiver, tmp_path: Path, log_dir: Path
+) -> AsyncIterator[tuple[SidecarProcess, CheckClient]]:
     sidecar = await asyncio.to_thread(
         start_sidecar,
         log_dir=log_dir,
@@ -135,7 +140,9 @@ async def test_an_allowed_check_continues_the_client_trace_with_a_span_per_step(
     assert all(check.start_ns <= s.start_ns <= s.end_ns <= check.end_ns for s in children)
     steps = {s.attributes["abuse_sidecar.step"]: s for s in children if s.kind == KIND_INTERNAL}
     assert sorted(steps) == sorted(STEPS_OF_AN_ALLOW)
-    assert {s.name for s in steps.values()} == {f"abuse_sidecar.step.{n}" for n in STEPS_OF_AN_ALLOW}
+    assert {s.name for s in steps.values()} == {
+        f"abuse_sidecar.step.{n}" for n in STEPS_OF_AN_ALLOW
+    }
     assert all(s.attributes["abuse_sidecar.verdict"] == "allow" for s in steps.values())
     store = [s for s in children if s.name == STORE_SPAN]
     assert len(store) == 1
@@ -154,19 +161,31 @@ async def test_denied_checks_say_which_step_denied_and_why(
     anonymous_tp, anonymous_trace, _ = _traceparent()
     responses = [
         await client.check(
-            check_request(path="/.env", source_ip="198.51.100.99", headers={**secret_headers(), "traceparent": honeypot_tp})
+            check_request(
+                path="/.env",
+                source_ip="198.51.100.99",
+                headers={**secret_headers(), "traceparent": honeypot_tp},
+            )
         ),
         await client.check(check_request(headers={"traceparent": anonymous_tp})),
     ]
     assert [status_of(r) for r in responses] == [403, 401]
 
-    await collector.wait_for(lambda s: _has_check_span(honeypot_trace)(s) and _has_check_span(anonymous_trace)(s))
+    await collector.wait_for(
+        lambda s: _has_check_span(honeypot_trace)(s) and _has_check_span(anonymous_trace)(s)
+    )
     honeypot = collector.trace(honeypot_trace)
     check = _check_span(honeypot)
-    assert (check.attributes["abuse_sidecar.decision"], check.attributes["abuse_sidecar.reason"]) == ("deny", "honeypot")
+    assert (
+        check.attributes["abuse_sidecar.decision"],
+        check.attributes["abuse_sidecar.reason"],
+    ) == ("deny", "honeypot")
     assert check.attributes["abuse_sidecar.rule"] == "honeypots"
     step = next(s for s in honeypot if s.attributes.get("abuse_sidecar.step") == "honeypot")
-    assert (step.attributes["abuse_sidecar.verdict"], step.attributes["abuse_sidecar.reason"]) == ("deny", "honeypot")
+    assert (step.attributes["abuse_sidecar.verdict"], step.attributes["abuse_sidecar.reason"]) == (
+        "deny",
+        "honeypot",
+    )
     assert step.attributes["abuse_sidecar.phase"] == "local"
     # A local deny stops the local phase: no span for the steps after it.
     assert not any(s.attributes.get("abuse_sidecar.step") == "identity" for s in honeypot)
@@ -185,7 +204,9 @@ async def test_unsampled_parents_are_not_recorded_and_root_checks_start_a_trace(
     unsampled_tp, unsampled_trace, _ = _traceparent(sampled=False)
     marker_tp, marker_trace, _ = _traceparent()
     await client.check(check_request(headers={"x-api-key": API_KEY, "traceparent": unsampled_tp}))
-    await client.check(check_request(headers={"x-api-key": API_KEY, "traceparent": "00-not-a-trace"}))
+    await client.check(
+        check_request(headers={"x-api-key": API_KEY, "traceparent": "00-not-a-trace"})
+    )
     await client.check(check_request(headers={"x-api-key": API_KEY, "traceparent": marker_tp}))
 
     # Spans leave in order: once the marker's are in, the earlier Checks' would be too.
@@ -207,7 +228,9 @@ async def test_the_decision_log_names_the_exported_trace_and_span(
     await collector.wait_for(_has_check_span(trace_id))
     check = _check_span(collector.trace(trace_id))
 
-    lines = [json.loads(line) for line in sidecar.process.log_text().splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in sidecar.process.log_text().splitlines() if line.startswith("{")
+    ]
     decisions = [line for line in lines if line.get("logger") == "sidecar.decisions"]
     assert [(d["trace_id"], d["span_id"]) for d in decisions] == [(trace_id, check.span_id)]
 
@@ -219,13 +242,18 @@ async def test_a_failing_store_is_an_error_span_and_the_check_follows_failure_mo
     collector: OtlpReceiver,
 ) -> None:
     registry = PolicyRegistry(Resources())
-    registry.replace_source("test", load_text(POLICY.replace("spec:\n", "spec:\n  failureMode: closed\n"), "policy.yaml"))
+    registry.replace_source(
+        "test",
+        load_text(POLICY.replace("spec:\n", "spec:\n  failureMode: closed\n"), "policy.yaml"),
+    )
     down = open_store(f"redis://127.0.0.1:{free_port()}/0", command_timeout_ms=200)
     tracing = await start_tracing(collector.endpoint, 1.0)
     authorizer = Authorizer(registry, Engine(down, MemoryStore()), tracing=tracing)
     traceparent, trace_id, _ = _traceparent()
     try:
-        response = await authorizer.check(check_request(headers={"x-api-key": API_KEY, "traceparent": traceparent}))
+        response = await authorizer.check(
+            check_request(headers={"x-api-key": API_KEY, "traceparent": traceparent})
+        )
         await tracing.exporter.flush()
     finally:
         await tracing.aclose()
@@ -234,7 +262,10 @@ async def test_a_failing_store_is_an_error_span_and_the_check_follows_failure_mo
     assert status_of(response) == 503
     spans = collector.trace(trace_id)
     check = _check_span(spans)
-    assert (check.attributes["abuse_sidecar.decision"], check.attributes["abuse_sidecar.reason"]) == ("deny", "store_unavailable")
+    assert (
+        check.attributes["abuse_sidecar.decision"],
+        check.attributes["abuse_sidecar.reason"],
+    ) == ("deny", "store_unavailable")
     store = next(s for s in spans if s.name == STORE_SPAN)
     assert (store.status_code, store.status_message) == (STATUS_ERROR, "StoreUnavailable")
     assert store.attributes["error.type"] == "StoreUnavailable"
@@ -247,7 +278,9 @@ def test_sampling_follows_a_valid_parent_else_the_ratio() -> None:
     unsampled_parent, _, _ = _traceparent(sampled=False)
 
     def ctx(traceparent: str | None):  # type: ignore[no-untyped-def]
-        return context_from_check(check_request(headers={"traceparent": traceparent} if traceparent else {}))
+        return context_from_check(
+            check_request(headers={"traceparent": traceparent} if traceparent else {})
+        )
 
     assert never.start_check(ctx(None)) is None
     assert never.start_check(ctx(sampled_parent)) is not None
@@ -265,8 +298,20 @@ _HEX = "0123456789abcdef"
 def traceparents(draw: st.DrawFn) -> str:
     """Valid ones and every way of getting one wrong."""
     version = draw(st.sampled_from(["00", "01", "ff", "0g", "0"]))
-    trace_id = draw(st.one_of(st.text(_HEX, min_size=32, max_size=32), st.just("0" * 32), st.text(_HEX + "A", min_size=31, max_size=33)))
-    span_id = draw(st.one_of(st.text(_HEX, min_size=16, max_size=16), st.just("0" * 16), st.text(_HEX + "G", min_size=15, max_size=17)))
+    trace_id = draw(
+        st.one_of(
+            st.text(_HEX, min_size=32, max_size=32),
+            st.just("0" * 32),
+            st.text(_HEX + "A", min_size=31, max_size=33),
+        )
+    )
+    span_id = draw(
+        st.one_of(
+            st.text(_HEX, min_size=16, max_size=16),
+            st.just("0" * 16),
+            st.text(_HEX + "G", min_size=15, max_size=17),
+        )
+    )
     flags = draw(st.sampled_from(["00", "01", "03", "ff", "1"]))
     rest = draw(st.sampled_from(["", "-extra", "-"]))
     return f"{version}-{trace_id}-{span_id}-{flags}{rest}"
@@ -324,5 +369,30 @@ def test_encoded_spans_decode_with_the_official_messages(
     assert (span.name, span.kind, span.trace_state) == (name, KIND_CLIENT, "k=v")
     assert (span.start_time_unix_nano, span.end_time_unix_nano) == times
     assert (span.status.code, span.status.message) == (STATUS_ERROR, "TimeoutError")
-    decoded = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+    decoded = {
+        kv.key: getattr(kv.value, str(kv.value.WhichOneof("value"))) for kv in span.attributes
+    }
     assert decoded == attributes
+
+
+_KEY_CHARS = "abcxyz019_-*/"
+tracestate_members = st.one_of(
+    st.builds(
+        lambda k, v: f"{k}={v}",
+        st.text(_KEY_CHARS + "A@", min_size=1, max_size=12),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
+    ),
+    st.sampled_from(["rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE", "t@s=v", " ", ""]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(tracestate_members, max_size=35))
+def test_tracestate_handling_agrees_with_the_opentelemetry_api(members: list[str]) -> None:
+    header = ",".join(members)
+    logging.getLogger("opentelemetry.trace.span").disabled = True  # its per-member warnings
+    try:
+        expected = TraceState.from_header([header]).to_header()
+    finally:
+        logging.getLogger("opentelemetry.trace.span").disabled = False
+    assert valid_trace_state(header) == expected

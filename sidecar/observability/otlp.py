@@ -233,12 +233,14 @@ def _identity(data: bytes) -> bytes:
 
 
 class OtlpExporter:
-    """Queues encoded spans and sends them in batches from one task on the event loop.
+    """Queues encoded spans and sends them in batches, on the event loop.
 
     Bounded: beyond ``max_queue`` spans new ones are dropped (and counted), so an
-    unreachable collector costs memory up to that bound and nothing else. A batch
-    leaves when ``batch_size`` spans are queued or ``interval`` seconds passed.
-    Transient gRPC errors are retried twice with backoff, then the batch is dropped.
+    unreachable collector costs memory up to that bound (~3 MB) and nothing else.
+    A batch leaves when ``batch_size`` spans are queued or ``interval`` seconds
+    passed; up to ``max_in_flight`` batches travel at once, so one slow answer
+    from the collector does not fill the queue. Transient gRPC errors are retried
+    twice with backoff, then the batch is dropped.
     """
 
     def __init__(
@@ -246,8 +248,9 @@ class OtlpExporter:
         endpoint: str,
         envelope: Envelope,
         *,
-        max_queue: int = 4096,
+        max_queue: int = 16384,
         batch_size: int = 512,
+        max_in_flight: int = 4,
         interval: float = 1.0,
         timeout: float = 10.0,
     ) -> None:
@@ -262,6 +265,8 @@ class OtlpExporter:
         self._counts: list[int] = []  # spans in each chunk
         self._queued = 0
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: grpc.aio.Channel | None = None
         self._export: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -307,9 +312,20 @@ class OtlpExporter:
             # Full batches only, unless the interval passed: an export call costs the
             # loop far more than a span, so small batches under load would cost dearly.
             while self._queued >= self._batch_size:
-                await self._send(*self._take())
+                await self._dispatch()
             if timed_out and self._queued:
-                await self._send(*self._take())
+                await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        """Send the next batch in the background, once one of the slots is free."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._send(*self._take()))
+        self._in_flight.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
 
     def _take(self) -> tuple[list[bytes], int]:
         """Whole Checks' spans, up to about ``batch_size`` spans."""
@@ -323,9 +339,11 @@ class OtlpExporter:
         return chunks, taken
 
     async def flush(self) -> None:
-        """Send everything queued now."""
+        """Send everything queued now, and wait for every batch under way."""
         while self._queued:
-            await self._send(*self._take())
+            await self._dispatch()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _send(self, batch: list[bytes], count: int) -> None:
         assert self._export is not None

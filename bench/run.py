@@ -206,6 +206,8 @@ class Measurement:
     decisions: dict[str, float] = field(default_factory=dict)
     redis_calls_per_request: dict[str, float] = field(default_factory=dict)
     """Redis commands (``INFO commandstats``) per request during the load phase."""
+    redis_cpu_us_per_request: float | None = None
+    """CPU of the redis-server process per request during the load phase."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,15 +299,25 @@ def _sidecar(
         yield Authorizer(sidecar.grpc_ports, {sidecar.process.pid}, metrics=sidecar.metrics)
 
 
-def redis_command_calls(redis_url: str) -> dict[str, int]:
-    """Calls per command since the server started (``INFO commandstats``)."""
+def _redis_info(redis_url: str, section: str) -> Any:
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
-        stats = client.info("commandstats")
+        return client.info(section)
     finally:
         client.close()
+
+
+def redis_session(redis_url: str) -> set[int]:
+    """The redis-server's session (started by ``start_process``: its own, id = its pid),
+    so that its CPU is accounted for and not taken for other load."""
+    return {int(_redis_info(redis_url, "server")["process_id"])}
+
+
+def redis_command_calls(redis_url: str) -> dict[str, int]:
+    """Calls per command since the server started (``INFO commandstats``)."""
+    stats = _redis_info(redis_url, "commandstats")
     return {
         name.removeprefix("cmdstat_"): int(values["calls"])
         for name, values in stats.items()
@@ -414,11 +426,14 @@ def _measure(
     endpoints_before = envoy.requests_per_endpoint() if authorizer else {}
     sessions = ({envoy.process.pid}, authorizer.sessions if authorizer else set())
     separate = authorizer.separate if authorizer else []
+    redis = redis_session(redis_url) if redis_url else set()
     before = _cpu_sample(*sessions)
     separate_before = [session_cpu_seconds({pid}) for pid in separate]
     redis_before = redis_command_calls(redis_url) if redis_url else {}
+    redis_cpu_before = session_cpu_seconds(redis)
     load = run_wrk(url, script, seconds=settings.duration, **load_options)
     after = _cpu_sample(*sessions)
+    redis_cpu = session_cpu_seconds(redis) - redis_cpu_before
     redis_after = redis_command_calls(redis_url) if redis_url else {}
     separate_used = [
         session_cpu_seconds({pid}) - used
@@ -432,7 +447,7 @@ def _measure(
         authz_us = (after.authorizer - before.authorizer) / requests * 1e6
         endpoints_after = envoy.requests_per_endpoint()
         per_endpoint = {h: n - endpoints_before.get(h, 0) for h, n in endpoints_after.items()}
-    accounted = sum(
+    accounted = redis_cpu + sum(
         getattr(after, name) - getattr(before, name) for name in ("envoy", "authorizer", "ours")
     )
     other = (after.machine - before.machine - accounted) / (after.wall - before.wall)
@@ -450,6 +465,7 @@ def _measure(
         process_cpu_shares=[used / (sum(separate_used) or 1) for used in separate_used],
         decisions=decisions,
         redis_calls_per_request=_calls_per_request(redis_before, redis_after, requests),
+        redis_cpu_us_per_request=redis_cpu / requests * 1e6 if redis_url else None,
     )
 
 
@@ -569,6 +585,9 @@ def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
             "other_load_cores": _mean([m.other_load_cores for m in runs]),
             "errors": sum(m.load.errors + m.latency.errors for m in runs),
             "non_2xx": sum(m.load.non_2xx + m.latency.non_2xx for m in runs),
+            "redis_cpu_us": _mean(
+                [r for m in runs if (r := m.redis_cpu_us_per_request) is not None]
+            ),
             "redis_calls_per_request": {
                 name: _mean([m.redis_calls_per_request.get(name, 0.0) for m in runs])
                 for name in sorted({n for m in runs for n in m.redis_calls_per_request})
@@ -726,15 +745,18 @@ def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> 
             f"(per round: {rounds}); target ≥ {REDIS_THROUGHPUT_TARGET:.2f}: "
             f"{_verdict(ratio >= REDIS_THROUGHPUT_TARGET)}."
         )
-    redis_calls = [
-        f"{LABELS[c].split(':', 1)[0]}: {text}"
+    redis_users = [
+        (LABELS[c].split(":", 1)[0], text, f["redis_cpu_us"])
         for c, f in summary["configs"].items()
         if (text := _redis_calls_text(f["redis_calls_per_request"])) != "none"
     ]
-    if redis_calls:
+    if redis_users:
+        calls = "; ".join(f"{who}: {text}" for who, text, _ in redis_users)
+        cpu = ", ".join(f"{who} {us:.0f}" for who, _, us in redis_users)
         lines.append(
             "- Redis commands per request during the load phases (`INFO commandstats` "
-            f"before/after): {'; '.join(redis_calls)}."
+            f"before/after): {calls}. redis-server CPU µs/request: {cpu} (counted as the "
+            "benchmark's, not as other load)."
         )
     if "tracing_ratio" in summary:
         cost = 1 - summary["tracing_ratio"]

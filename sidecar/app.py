@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry, PolicySnapshot
@@ -30,7 +30,13 @@ from sidecar.sources.files import FilePolicySource
 from sidecar.stores.base import Store
 from sidecar.stores.memory import MemoryStore
 
+if TYPE_CHECKING:
+    from sidecar.sources.kubernetes import KubernetesSource
+    from sidecar.sources.status import StatusWriter
+
 log = logging.getLogger("sidecar.app")
+# How long start() waits for the first Kubernetes list before serving anyway (not ready).
+KUBERNETES_FIRST_SYNC_SECONDS = 10.0
 
 
 def open_store(settings: Settings) -> Store:
@@ -61,6 +67,8 @@ class Application:
         self.registry = PolicyRegistry(self.resources, settings.default_policy)
         self.registry.subscribe(_publish_policy_gauge)
         self.files = FilePolicySource(self.registry, settings.policies)
+        self.kubernetes: KubernetesSource | None = None
+        self.status_writer: StatusWriter | None = None
         self._closers: list[Any] = []
         self._workers: list[subprocess.Popen[bytes]] = []
         self.grpc: GrpcServer | None = None
@@ -114,6 +122,8 @@ class Application:
         self.files.load_all()
         await self.files.start()
         self._closers.append(self.files.aclose)
+        if s.kubernetes:
+            await self._start_kubernetes()
         if self.serves_grpc:
             from sidecar.cohorts.als import AccessLogReceiver
 
@@ -148,6 +158,26 @@ class Application:
             await members.start()  # abuse_sidecar_cohort_members
             self._closers.append(members.aclose)
 
+    async def _start_kubernetes(self) -> None:
+        """Watch the cluster; the supervisor (or the only process) also writes status."""
+        from sidecar.sources.kubernetes import KubernetesSource
+
+        source = KubernetesSource(
+            self.registry, self.resources.secret_keys, self.settings.namespaces
+        )
+        await source.start()
+        self._closers.append(source.aclose)
+        self.kubernetes = source
+        if not self.is_worker:
+            from sidecar.sources.status import StatusWriter
+
+            writer = StatusWriter.for_source(source, self.registry)
+            await writer.start()
+            self._closers.append(writer.aclose)  # closed first: releases the Lease
+            self.status_writer = writer
+        if not await source.wait_synced(KUBERNETES_FIRST_SYNC_SECONDS):
+            log.warning("serving before the first Kubernetes list: %s", source.unready_reasons())
+
     def _spawn_workers(self) -> None:
         metrics.clear_stale_files()  # a reused PROMETHEUS_MULTIPROC_DIR: pids of another run
         for index in range(self.settings.workers):
@@ -162,6 +192,8 @@ class Application:
         snapshot = self.registry.current
         if not self.registry.initialised:
             reasons.append("policies not loaded yet")
+        if self.kubernetes is not None:
+            reasons.extend(self.kubernetes.unready_reasons())
         try:
             await asyncio.wait_for(self.store.ping(), 1.0)
             store_state = "up"
@@ -183,6 +215,8 @@ class Application:
         geoip = self.resources.geoip
         if geoip is not None:
             details["geoip"] = geoip.describe()
+        if self.kubernetes is not None:
+            details["kubernetes"] = {"synced": self.kubernetes.synced}
         return Readiness(not reasons, reasons, details)
 
     async def _worker_listening(self, index: int) -> bool:
@@ -219,6 +253,10 @@ class Application:
         }
         if self.resources.geoip is not None:
             out["geoip"] = self.resources.geoip.describe()
+        if self.kubernetes is not None:
+            out["kubernetes"] = self.kubernetes.describe()
+            if self.status_writer is not None:
+                out["kubernetes"]["status"] = self.status_writer.describe()
         return out
 
     async def stop(self) -> None:

@@ -148,9 +148,10 @@ class DecisionLog:
 # A credential-like name: Authorization, Cookie, X-API-Key, x-customer-key, api_key,
 # access_token, client-secret, password, X-Auth-Token, session id, signature ...
 # (A bare ``key`` is not one: protobuf text and store debug lines use it for names.)
+# Prefixes are bounded so that a long run of name characters costs linear time.
 _NAME = (
-    r"(?:\b(?:[\w-]*(?:authorization|auth|cookie|token|secret|passw(?:or)?d|session(?:[_-]?id)?"
-    r"|credentials?|signature|jwt|bearer)|[\w-]+key))"
+    r"(?:\b(?:[\w-]{0,64}(?:authorization|auth|cookie|token|secret|passw(?:or)?d"
+    r"|session(?:[_-]?id)?|credentials?|signature|jwt|bearer)|[\w-]{1,64}key))"
 )
 _NAME_VALUE = re.compile(
     r"(?P<name>(?P<q>[\"']?)" + _NAME + r"(?P=q))(?P<sep>\s*[:=]\s*)(?!\[REDACTED\])"

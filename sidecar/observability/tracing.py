@@ -226,6 +226,9 @@ class CheckTrace:
         spans = self._spans
         for step in self.steps:
             spans.append(step.encode())
+        # Steps point back at this trace: without this the pair is a reference cycle
+        # per Check, left for the garbage collector instead of freed right away.
+        self.steps.clear()
         ctx = self._ctx
         attributes = [_attr("http.request.method", ctx.method)]
         if ctx.client_ip:

@@ -214,9 +214,11 @@ def test_forty_concurrent_requests_get_exactly_twenty_through_two_sidecars(
     # Loaded up front so that every EVALSHA counted below is one Check's round trip
     # (a cold Redis answers the first batch NOSCRIPT, and that batch is sent twice).
     assert redis.command("SCRIPT", "LOAD", SCRIPT.decode()) == SCRIPT_SHA
-    app = stack.upstream()
     replicas = [stack.sidecar(policies=[policy], redis_url=redis.url) for _ in range(2)]
-    envoy = stack.envoy([r.grpc_port for r in replicas], app, concurrency=2)
+    # Envoy answers allowed requests itself: the Python test upstream's accept
+    # queue (5) would drop some of 20 simultaneous connections, and Envoy would
+    # answer them 503, hiding what the sidecar decided.
+    envoy = stack.envoy([r.grpc_port for r in replicas], None, concurrency=2)
     envoy.wait_for_healthy_endpoints()
 
     for rule in ("sliding", "bucket", "fixed"):
@@ -235,7 +237,6 @@ def test_forty_concurrent_requests_get_exactly_twenty_through_two_sidecars(
         # remaining count, from 19 down to 0.
         remaining = sorted(service_limits(r)[rule][0] for r in allowed)
         assert remaining == list(range(20)), f"{rule}: {remaining}"
-        assert len(app.requests_to(f"/{rule}")) == 20
 
         # Both replicas decided part of the burst ...
         checks_after = envoy.requests_per_endpoint()

@@ -385,10 +385,13 @@ class RedisStore:
 
     async def exchange(self, connection: AbstractConnection, payloads: list[bytes]) -> list[Any]:
         """Send the payloads in one write and read every reply (errors as values)."""
-        if not connection.is_connected:
-            async with asyncio.timeout(self._connect_timeout):
-                await connection.connect()
+        # One deadline for connecting and answering: on the request path a server
+        # that accepts TCP but never answers (frozen, overloaded) must cost no more
+        # than the command timeout, or Envoy's own ext_authz timeout fires first
+        # and failureMode is never applied.
         async with asyncio.timeout(self._command_timeout):
+            if not connection.is_connected:
+                await connection.connect()
             replies = await _pipeline(connection, payloads)
             missing = [
                 i

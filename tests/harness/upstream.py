@@ -52,6 +52,7 @@ class ReceivedRequest:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # bursts of concurrent requests through Envoy (default 5)
 
     def __init__(self, address: tuple[str, int], statuses: Mapping[str, int]) -> None:
         super().__init__(address, _EchoHandler)

@@ -148,27 +148,29 @@ class DecisionLog:
 # A credential-like name: Authorization, Cookie, X-API-Key, x-customer-key, api_key,
 # access_token, client-secret, password, X-Auth-Token, session id, signature ...
 # (A bare ``key`` is not one: protobuf text and store debug lines use it for names.)
-# Prefixes are bounded so that a long run of name characters costs linear time.
-_NAME = (
-    r"(?:\b(?:[\w-]{0,64}(?:authorization|auth|cookie|token|secret|passw(?:or)?d"
-    r"|session(?:[_-]?id)?|credentials?|signature|jwt|bearer)|[\w-]{1,64}key))"
-)
-_NAME_VALUE = re.compile(
-    r"(?P<name>(?P<q>[\"']?)" + _NAME + r"(?P=q))(?P<sep>\s*[:=]\s*)(?!\[REDACTED\])"
-    r"(?:(?P<quote>[\"'])(?P<quoted>(?:\\.|(?!(?P=quote)).)*)(?P=quote)"
-    r"|(?P<bare>[^\s,;&}\])\"']+(?:[ \t]+[^\s,;&}\])\"']+)?))",
+_CREDENTIAL_NAME = re.compile(
+    r"[\w-]*(?:authorization|auth|cookie|token|secret|passw(?:or)?d|session(?:[_-]?id)?"
+    r"|credentials?|signature|jwt|bearer)|[\w-]+key",
     re.IGNORECASE,
+)
+# Every pattern below starts only where a run of name characters starts and
+# bounds what it scans, so a hostile line costs time linear in its length.
+_NAME_VALUE = re.compile(
+    r"(?<![\w-])(?P<q>[\"']?)(?P<name>[\w-]{1,64})(?P=q)(?P<sep>\s*[:=]\s*)(?!\[REDACTED\])"
+    r"(?:(?P<quote>[\"'])(?:\\.|(?!(?P=quote)).)*(?P=quote)"
+    r"|[^\s,;&}\])\"']+(?:[ \t]+[^\s,;&}\])\"']+)?)"
 )
 # Protobuf text format of a header map entry: key: "x-api-key" value: "..."
 _PROTO_ENTRY = re.compile(
-    r'(?P<head>key:\s*"' + _NAME + r'"\s*(?:raw_)?value:\s*)"(?:\\.|[^"\\])*"', re.IGNORECASE
+    r'(?P<head>\bkey:\s*"(?P<name>[\w-]{1,64})"\s*(?:raw_)?value:\s*)"(?:\\.|[^"\\])*"'
 )
 _SCHEME = re.compile(
-    r"\b(?P<scheme>Bearer|Basic|Digest|Negotiate|NTLM|ApiKey|Token|DPoP)\s+(?P<cred>[A-Za-z0-9._~+/=-]{8,})",
+    r"(?<![\w-])(?P<scheme>Bearer|Basic|Digest|Negotiate|NTLM|ApiKey|Token|DPoP)[ \t]+"
+    r"[A-Za-z0-9._~+/=-]{8,}",
     re.IGNORECASE,
 )
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_COOKIE_PAIRS = re.compile(r"(?i)(\b(?:set-)?cookie\b\s*[:=]\s*)[^\r\n]+")
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_COOKIE_HEADER = re.compile(r"(?<![\w-])((?:set-)?cookie[ \t]*[:=][ \t]*)[^\r\n]+", re.IGNORECASE)
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
     "asctime",
@@ -176,15 +178,22 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 
 
 def _name_value(match: re.Match[str]) -> str:
-    if match["quote"]:
-        return f"{match['name']}{match['sep']}{match['quote']}{REDACTED}{match['quote']}"
-    return f"{match['name']}{match['sep']}{REDACTED}"
+    if not _CREDENTIAL_NAME.fullmatch(match["name"]):
+        return match[0]
+    quote = match["quote"] or ""
+    return f"{match['q']}{match['name']}{match['q']}{match['sep']}{quote}{REDACTED}{quote}"
+
+
+def _proto_entry(match: re.Match[str]) -> str:
+    if not _CREDENTIAL_NAME.fullmatch(match["name"]):
+        return match[0]
+    return f'{match["head"]}"{REDACTED}"'
 
 
 def scrub(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by [REDACTED]."""
-    text = _PROTO_ENTRY.sub(lambda m: f'{m["head"]}"{REDACTED}"', text)
-    text = _COOKIE_PAIRS.sub(lambda m: m[1] + REDACTED, text)
+    text = _PROTO_ENTRY.sub(_proto_entry, text)
+    text = _COOKIE_HEADER.sub(lambda m: m[1] + REDACTED, text)
     text = _NAME_VALUE.sub(_name_value, text)
     text = _SCHEME.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)

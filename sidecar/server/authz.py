@@ -1,4 +1,4 @@
-"""The Check handler: CheckRequest → RequestContext → engine → CheckResponse.
+"""The Check handler: CheckRequest → RequestContext → engine → CheckResponse (wire bytes).
 
 It never raises. An undecodable request gets a 400; an unexpected error inside
 the pipeline follows the bound policy's failureMode (closed: 503, open: allow),
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf.message import DecodeError
 
 from sidecar.compiled.policy import CompiledPolicy
@@ -95,7 +95,7 @@ class Authorizer:
             counter = self._counters[key] = metrics.DECISIONS.labels(*key)
         counter.inc()
 
-    async def check(self, request: CheckRequest | None) -> CheckResponse:
+    async def check(self, request: CheckRequest | None) -> bytes:
         started = time.perf_counter()
         policy: CompiledPolicy | None = None
         trace: CheckTrace | None = None
@@ -131,7 +131,5 @@ class Authorizer:
                 trace.finish(decision)
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
 
-    async def Check(
-        self, request: CheckRequest | None, context: grpc.aio.ServicerContext
-    ) -> CheckResponse:
+    async def Check(self, request: CheckRequest | None, context: grpc.aio.ServicerContext) -> bytes:
         return await self.check(request)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -47,7 +46,7 @@ class GrpcServer:
         check = grpc.unary_unary_rpc_method_handler(
             self._authorizer.Check,
             request_deserializer=lenient_check_request,
-            response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+            response_serializer=None,  # the handler answers with encoded bytes (responses.py)
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {"Check": check}),)

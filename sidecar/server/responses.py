@@ -1,24 +1,21 @@
-"""Decision → Envoy CheckResponse. The only place that shapes what clients and
-upstreams see: x-abuse-* headers, problem+json (RFC 9457) and GraphQL error bodies.
+"""Decision → Envoy CheckResponse, as wire bytes. The only place that shapes what
+clients and upstreams see: x-abuse-* headers, problem+json (RFC 9457) and GraphQL
+error bodies, and the dynamic metadata Envoy copies into its access log.
+
+Responses are written straight to the protobuf wire format (``wire.py``): the gRPC
+handler returns bytes. Everything that depends only on the policy is encoded
+once and cached.
 """
 
 from __future__ import annotations
 
 import json
 
-from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
-from envoy.service.auth.v3.external_auth_pb2 import (
-    CheckResponse,
-    DeniedHttpResponse,
-    OkHttpResponse,
-)
-from envoy.type.v3.http_status_pb2 import HttpStatus
-from google.protobuf.struct_pb2 import Struct
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from sidecar.pipeline.verdict import REASONS, TYPE_BASE, Decision, Deny, Reason
+from sidecar.server import wire
 
-_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # Upstream headers we own: a client-sent copy is always overwritten or removed,
 # so an upstream can trust them.
 OWNED_HEADERS = (
@@ -32,70 +29,92 @@ OWNED_HEADERS = (
 )
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 
-_OK = status_pb2.Status(code=code_pb2.OK)
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 503: code_pb2.UNAVAILABLE}
+_RETRY_REASONS = (Reason.RATE_LIMITED, Reason.BUDGET_EXHAUSTED, Reason.COHORT_THROTTLED)
 
+# -- cached pieces -----------------------------------------------------------------------
 
-def _header(key: str, value: str) -> HeaderValueOption:
-    return HeaderValueOption(header=HeaderValue(key=key, value=value), append_action=_OVERWRITE)
-
-
-def allow_without_policy() -> CheckResponse:
-    """No policy is bound: allow, tell the upstream so, and strip forged x-abuse-*."""
-    return CheckResponse(
-        status=_OK,
-        ok_response=OkHttpResponse(
-            headers=[_header("x-abuse-policy", "none")],
-            headers_to_remove=[h for h in OWNED_HEADERS if h != "x-abuse-policy"],
-        ),
+_OPTIONAL = ("x-abuse-subject", "x-abuse-plan", "x-abuse-flags", "x-abuse-shadow")
+# headers_to_remove for each combination of optional headers that are NOT set
+# (bit i set: _OPTIONAL[i] is absent and must be removed), plus x-abuse-reason.
+_REMOVE = tuple(
+    wire.headers_to_remove(
+        ["x-abuse-reason", *(name for i, name in enumerate(_OPTIONAL) if mask & (1 << i))]
     )
+    for mask in range(1 << len(_OPTIONAL))
+)
+_RISK_HEADER = tuple(
+    wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-risk", str(risk)))
+    for risk in range(101)
+)
+_RISK_META = tuple(wire.metadata_entry("risk", risk) for risk in range(101))
+_ALLOW_META = wire.metadata_entry("decision", "allow")
+_DENY_META = wire.metadata_entry("decision", "deny")
+_policy_header: dict[str, bytes] = {}
+_policy_meta: dict[str, bytes] = {}
 
 
-def _metadata(decision: Decision, client_ip: str) -> Struct:
-    # Field by field: about three times cheaper than Struct.update(dict) per Check.
-    meta = Struct()
-    fields = meta.fields
-    fields["policy"].string_value = decision.policy
-    fields["decision"].string_value = "allow" if decision.deny is None else "deny"
-    fields["client_ip"].string_value = client_ip
-    fields["risk"].number_value = decision.risk
+def _policy_pieces(policy: str) -> tuple[bytes, bytes]:
+    header = _policy_header.get(policy)
+    if header is None:
+        header = wire.length_delimited(
+            wire.OK_HEADERS, wire.header_option("x-abuse-policy", policy)
+        )
+        _policy_header[policy] = header
+        _policy_meta[policy] = wire.metadata_entry("policy", policy)
+    return header, _policy_meta[policy]
+
+
+def _clamp_risk(risk: int) -> int:
+    return 0 if risk < 0 else 100 if risk > 100 else risk
+
+
+def allow_without_policy() -> bytes:
+    """No policy is bound: allow, tell the upstream so, and strip forged x-abuse-*."""
+    ok = wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-policy", "none"))
+    ok += wire.headers_to_remove(h for h in OWNED_HEADERS if h != "x-abuse-policy")
+    return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, b"")
+
+
+def _metadata(decision: Decision, client_ip: str, policy_meta: bytes) -> bytes:
+    out = policy_meta + (_ALLOW_META if decision.deny is None else _DENY_META)
+    out += wire.metadata_entry("client_ip", client_ip) + _RISK_META[_clamp_risk(decision.risk)]
     if decision.subject:
-        fields["subject"].string_value = decision.subject
+        out += wire.metadata_entry("subject", decision.subject)
     if decision.plan:
-        fields["plan"].string_value = decision.plan
+        out += wire.metadata_entry("plan", decision.plan)
     if decision.api_key_id:
-        fields["api_key"].string_value = decision.api_key_id
+        out += wire.metadata_entry("api_key", decision.api_key_id)
     if decision.deny is not None:
-        fields["reason"].string_value = decision.deny.reason.value
-    return meta
+        out += wire.metadata_entry("reason", decision.deny.reason.value)
+    return out
 
 
-def render(decision: Decision, client_ip: str) -> CheckResponse:
+def render(decision: Decision, client_ip: str) -> bytes:
+    policy_header, policy_meta = _policy_pieces(decision.policy)
     if decision.deny is not None:
-        return _denied(decision, decision.deny, client_ip)
-    headers = [
-        _header("x-abuse-policy", decision.policy),
-        _header("x-abuse-risk", str(decision.risk)),
-    ]
-    remove: list[str] = ["x-abuse-reason"]
-    for name, value in (
-        ("x-abuse-subject", decision.subject),
-        ("x-abuse-plan", decision.plan),
-        ("x-abuse-flags", ",".join(decision.flags)),
-        ("x-abuse-shadow", decision.shadow.reason.value if decision.shadow else ""),
+        return _denied(decision, decision.deny, _metadata(decision, client_ip, policy_meta))
+    ok = policy_header + _RISK_HEADER[_clamp_risk(decision.risk)]
+    absent = 0
+    for bit, value in enumerate(
+        (
+            decision.subject,
+            decision.plan,
+            ",".join(decision.flags),
+            decision.shadow.reason.value if decision.shadow else "",
+        )
     ):
         if value:
-            headers.append(_header(name, value))
+            ok += wire.length_delimited(wire.OK_HEADERS, wire.header_option(_OPTIONAL[bit], value))
         else:
-            remove.append(name)
-    return CheckResponse(
-        status=_OK,
-        ok_response=OkHttpResponse(
-            headers=headers,
-            headers_to_remove=remove,
-            response_headers_to_add=[_header(k, v) for k, v in decision.response_headers],
-        ),
-        dynamic_metadata=_metadata(decision, client_ip),
+            absent |= 1 << bit
+    ok += _REMOVE[absent]
+    if decision.response_headers:
+        ok += wire.response_headers_to_add(
+            wire.header_option(k, v) for k, v in decision.response_headers
+        )
+    return wire.check_response(
+        code_pb2.OK, wire.CHECK_OK, ok, _metadata(decision, client_ip, policy_meta)
     )
 
 
@@ -117,36 +136,27 @@ def deny_body(deny: Deny, policy: str) -> tuple[str, bytes]:
     return "application/problem+json", json.dumps(problem, separators=(",", ":")).encode()
 
 
-def _denied(decision: Decision, deny: Deny, client_ip: str) -> CheckResponse:
+def _denied(decision: Decision, deny: Deny, metadata: bytes) -> bytes:
     status = REASONS[deny.reason].status
     content_type, body = deny_body(deny, decision.policy)
     headers = [
-        _header("content-type", content_type),
-        _header("x-abuse-reason", deny.reason.value),
-        _header("x-abuse-policy", decision.policy),
-        *(_header(k, v) for k, v in deny.headers),
+        ("content-type", content_type),
+        ("x-abuse-reason", deny.reason.value),
+        ("x-abuse-policy", decision.policy),
+        *deny.headers,
     ]
-    headers.extend(
-        _header(k, v) for k, v in decision.response_headers if k.lower() != "retry-after"
-    )
-    if deny.reason in (
-        Reason.RATE_LIMITED,
-        Reason.BUDGET_EXHAUSTED,
-        Reason.COHORT_THROTTLED,
-    ) and not any(k.lower() == "retry-after" for k, _ in deny.headers):
-        headers.append(_header("retry-after", "1"))
-    return CheckResponse(
-        status=status_pb2.Status(code=_GRPC_CODE.get(status, code_pb2.PERMISSION_DENIED)),
-        denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=status),
-            headers=headers,
-            body=body.decode(),
-        ),
-        dynamic_metadata=_metadata(decision, client_ip),
+    headers.extend((k, v) for k, v in decision.response_headers if k.lower() != "retry-after")
+    if deny.reason in _RETRY_REASONS and not any(
+        k.lower() == "retry-after" for k, _ in deny.headers
+    ):
+        headers.append(("retry-after", "1"))
+    denied = wire.denied_response(status, (wire.header_option(k, v) for k, v in headers), body)
+    return wire.check_response(
+        _GRPC_CODE.get(status, code_pb2.PERMISSION_DENIED), wire.CHECK_DENIED, denied, metadata
     )
 
 
-def malformed_request() -> CheckResponse:
+def malformed_request() -> bytes:
     """The CheckRequest itself could not be decoded: a 400 with a problem body."""
     problem = {
         "type": TYPE_BASE + "malformed_request",
@@ -156,11 +166,9 @@ def malformed_request() -> CheckResponse:
         "policy": "none",
         "rule": "",
     }
-    return CheckResponse(
-        status=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT),
-        denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=400),
-            headers=[_header("content-type", "application/problem+json")],
-            body=json.dumps(problem),
-        ),
+    denied = wire.denied_response(
+        400,
+        [wire.header_option("content-type", "application/problem+json")],
+        json.dumps(problem, separators=(",", ":")).encode(),
     )
+    return wire.check_response(code_pb2.INVALID_ARGUMENT, wire.CHECK_DENIED, denied, b"")

@@ -54,6 +54,7 @@ INVALID: Final = "Invalid"
 MAX_MESSAGE: Final = 32768  # metav1.Condition.message limit
 LEASE_PREFIX: Final = "abuse-sidecar-status"
 _MERGE_PATCH: Final = "application/merge-patch+json"
+_REQUEST_SECONDS: Final = 15.0
 
 
 def _error_of(exc: Exception) -> KubernetesApiError:
@@ -187,7 +188,9 @@ class LeaderElector:
         s = self.settings
         while True:
             try:
-                attempt = await self._try_acquire_or_renew()
+                # A request that hangs must not keep a leader that cannot renew leading.
+                async with asyncio.timeout(s.renew_deadline / 2):
+                    attempt = await self._try_acquire_or_renew()
             except Exception as exc:  # a broken connection: the renew deadline decides
                 attempt = self._failed(exc)
             now = time.monotonic()
@@ -425,6 +428,7 @@ class StatusWriter:
                 obj.name,
                 {"status": status},
                 _content_type=_MERGE_PATCH,
+                _request_timeout=_REQUEST_SECONDS,
             )
         except Exception as exc:  # the API server or the connection: retried with backoff
             error = _error_of(exc)

@@ -91,6 +91,11 @@ async def until(check: Callable[[], Any], timeout: float = 8.0, what: str = "con
         await asyncio.sleep(0.02)
 
 
+async def watching(api: KubeApiServer, plural: str) -> None:
+    """Wait for a watch of ``plural`` without blocking the loop the watcher runs on."""
+    await asyncio.to_thread(api.wait_for_watches, plural)
+
+
 @dataclass
 class Replica:
     name: str
@@ -228,7 +233,7 @@ async def test_all_namespaces_uses_the_cluster_wide_endpoints(
     assert set(replica.serving()) == {"shop/one", "default/two"}
     lists = [r.path for r in api.requests_to("abusepolicies", "GET") if not r.watch]
     assert lists == ["/apis/abuse.sidecar.dev/v1alpha1/abusepolicies"]
-    assert {r.path for r in watch_requests(api, "services")} == {"/api/v1/services"}
+    assert {r.path for r in api.requests_to("services")} == {"/api/v1/services"}
     assert {r.query["labelSelector"] for r in api.requests_to("secrets")} == {
         "abuse.sidecar.dev/api-key=true"
     }
@@ -383,7 +388,7 @@ async def test_dropped_watch_resumes_from_the_last_resource_version(
     api: KubeApiServer, start_replica: StartReplica
 ) -> None:
     replica = await start_replica(status=False)
-    api.wait_for_watches("abusepolicies")
+    await watching(api, "abusepolicies")
     api.create(policy("before"))
     await until(lambda: "shop/before" in replica.serving(), what="first ADDED")
     last_seen = replica.reflector("abusepolicies").resource_version
@@ -393,7 +398,9 @@ async def test_dropped_watch_resumes_from_the_last_resource_version(
     api.create(policy("during"))  # written while nobody watches
     await until(lambda: "shop/during" in replica.serving(), what="ADDED after the drop")
 
-    resumed = watch_requests(api, "abusepolicies")[-1]
+    # Watch requests are logged when they open: the one cut, then the resume.
+    cut, resumed = watch_requests(api, "abusepolicies")
+    assert cut.query["resourceVersion"] != last_seen  # it started from the list
     assert resumed.query["resourceVersion"] == last_seen
     assert replica.reflector("abusepolicies").lists == 1  # resumed, not relisted
 
@@ -404,7 +411,7 @@ async def test_410_gone_relists_and_applies_the_list_as_one_change(
     for name in ("keep", "change", "remove"):
         api.create(policy(name))
     replica = await start_replica(status=False)
-    api.wait_for_watches("abusepolicies")
+    await watching(api, "abusepolicies")
     assert replica.serving() == {"shop/keep": 1, "shop/change": 1, "shop/remove": 1}
     before = dict(replica.serving())
     old_rv = replica.reflector("abusepolicies").resource_version
@@ -424,11 +431,10 @@ async def test_410_gone_relists_and_applies_the_list_as_one_change(
     reflector = replica.reflector("abusepolicies")
     assert reflector.lists == 2
     # The resumed watch (200 + ERROR 410 for the compacted RV), then a watch from the new list.
-    resumed = [r for r in watch_requests(api, "abusepolicies") if r.code == 200]
-    assert [r.query["resourceVersion"] for r in resumed][-2:] == [
-        old_rv,
-        reflector.resource_version,
-    ]
+    relist_rv = reflector.resource_version
+    await watching(api, "abusepolicies")
+    answered = [r for r in watch_requests(api, "abusepolicies") if r.code == 200]
+    assert [r.query["resourceVersion"] for r in answered][-2:] == [old_rv, relist_rv]
     # One snapshot for the whole relist: no request saw the new policy without the deletion.
     relisted = [
         {p.id: p.generation for p in s.index.by_id.values()} for s in replica.snapshots[published:]
@@ -442,7 +448,7 @@ async def test_bookmarks_advance_the_resource_version(
     api: KubeApiServer, start_replica: StartReplica
 ) -> None:
     replica = await start_replica(status=False)
-    api.wait_for_watches("abusepolicies")
+    await watching(api, "abusepolicies")
     reflector = replica.reflector("abusepolicies")
     listed_rv = reflector.resource_version
     api.create(service("unrelated"))  # moves the global revision, no AbusePolicy event
@@ -450,9 +456,12 @@ async def test_bookmarks_advance_the_resource_version(
     await until(lambda: reflector.bookmarks >= 1, what="a BOOKMARK")
     assert reflector.resource_version == str(api.revision) != listed_rv
 
+    bookmarked = reflector.resource_version
     api.drop_watches(plural="abusepolicies", clean=True)  # the server ends the watch
-    api.wait_for_watches("abusepolicies")
-    assert watch_requests(api, "abusepolicies")[-1].query["resourceVersion"] == str(api.revision)
+    await until(lambda: len(watch_requests(api, "abusepolicies")) == 2, what="a new watch")
+    first, second = watch_requests(api, "abusepolicies")
+    assert first.query["resourceVersion"] == listed_rv
+    assert second.query["resourceVersion"] == bookmarked
     assert all(
         r.query.get("allowWatchBookmarks") == "true" for r in watch_requests(api, "abusepolicies")
     )

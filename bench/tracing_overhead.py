@@ -1,6 +1,7 @@
 """What tracing costs one Check: ``Authorizer.check`` with tracing off vs on.
 
     .venv/bin/python -m bench.tracing_overhead [--checks 20000] [--rounds 5]
+    .venv/bin/python -m bench.tracing_overhead --grpc [--seconds 4] [--rounds 8]
 
 In one process, on one event loop, with a real ``CheckRequest`` through a policy
 with five steps (active blocks, honeypot, IP reputation, identity by API key,
@@ -18,6 +19,11 @@ Spans really leave: they go over OTLP/gRPC to a collector in another process
 what it queued. Every configuration yields to the loop after each Check, as a
 gRPC server does, so the exporter task runs as it would in production.
 
+With ``--grpc`` the same policy is served by ``abuse-sidecar serve`` (started as
+operators start it, with and without ``--otlp-endpoint``, alternating) and
+driven over gRPC by 16 concurrent clients in this process; the figure is the
+sidecar process's CPU per Check, which includes what grpc.aio costs.
+
 This isolates the sidecar's own work per Check; ``bench/run.py --tracing``
 measures the same comparison as throughput through Envoy.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +45,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry
@@ -50,6 +59,7 @@ from sidecar.pipeline.engine import Engine
 from sidecar.server.authz import Authorizer
 from sidecar.stores.memory import MemoryStore
 from tests.harness.ports import free_port
+from tests.harness.sidecar import start_sidecar
 
 API_KEY = "bench-key-0123456789"
 POLICY = f"""\
@@ -104,8 +114,9 @@ async def _round(authorizer: Authorizer, request: CheckRequest, checks: int) -> 
     if authorizer.tracing is not None:
         await authorizer.tracing.exporter.flush()
     elapsed = time.process_time() - started
-    if response.status.code != 0:
-        raise RuntimeError(f"the benchmark request was denied: {response}")
+    answer = CheckResponse.FromString(response)  # the Check handler answers wire bytes
+    if answer.status.code != 0:
+        raise RuntimeError(f"the benchmark request was denied: {answer}")
     return elapsed / checks
 
 
@@ -164,11 +175,55 @@ async def measure(checks: int, rounds: int, endpoint: str) -> dict[str, list[flo
     return results
 
 
-def report(results: dict[str, list[float]], checks: int, rounds: int) -> str:
+def _process_cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def _drive(target: str, seconds: float, concurrency: int, request: CheckRequest) -> int:
+    channel = grpc.aio.insecure_channel(target)
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    answered = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal answered
+        while time.monotonic() < deadline:
+            await stub.Check(request)
+            answered += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await channel.close()
+    return answered
+
+
+def measure_grpc(seconds: float, rounds: int, endpoint: str) -> dict[str, list[float]]:
+    """Sidecar CPU seconds per Check over gRPC, ``serve`` without / with tracing."""
+    request = check_request(traceparent=True)
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_file = Path(tmp) / "policy.yaml"
+        policy_file.write_text(POLICY)
+        for _ in range(rounds):
+            for name, per_check in results.items():
+                extra = ["--otlp-endpoint", endpoint] if name == "on" else []
+                sidecar = start_sidecar(log_dir=Path(tmp), policies=[policy_file], extra_args=extra)
+                try:
+                    asyncio.run(_drive(sidecar.grpc_target, 1.0, 16, request))  # warm-up
+                    before = _process_cpu_seconds(sidecar.process.pid)
+                    answered = asyncio.run(_drive(sidecar.grpc_target, seconds, 16, request))
+                    used = _process_cpu_seconds(sidecar.process.pid) - before
+                finally:
+                    sidecar.stop()
+                per_check.append(used / answered)
+    return results
+
+
+def report(results: dict[str, list[float]], what: str, rounds: int) -> str:
     base = statistics.median(results["off"])
     lines = [
-        f"Authorizer.check, {checks} Checks x {rounds} rounds, median of rounds "
-        f"(Python {sys.version.split()[0]}):",
+        f"{what} x {rounds} rounds, median of rounds (Python {sys.version.split()[0]}):",
         "",
         "| configuration | CPU µs per Check | vs off |",
         "| --- | ---: | ---: |",
@@ -188,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checks", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--grpc", action="store_true", help="measure serve over gRPC instead")
+    parser.add_argument("--seconds", type=float, default=4.0, help="--grpc: load per round")
     args = parser.parse_args(argv)
     port = free_port()
     collector = subprocess.Popen(
@@ -199,11 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         assert collector.stdout is not None
         collector.stdout.readline()  # "listening ..."
-        results = asyncio.run(measure(args.checks, args.rounds, f"http://127.0.0.1:{port}"))
+        endpoint = f"http://127.0.0.1:{port}"
+        if args.grpc:
+            results = measure_grpc(args.seconds, args.rounds, endpoint)
+            what = f"sidecar CPU per Check over gRPC, 16 clients, {args.seconds:g} s"
+        else:
+            results = asyncio.run(measure(args.checks, args.rounds, endpoint))
+            what = f"Authorizer.check, {args.checks} Checks"
     finally:
         collector.terminate()
         received = collector.communicate(timeout=10)[0].strip()
-    print(report(results, args.checks, args.rounds))
+    print(report(results, what, args.rounds))
     print(f"\ncollector: {received}")
     return 0
 

@@ -2236,11 +2236,17 @@ class KubeApiServer:
             obj.setdefault("status", {"phase": "Active"})
         custom = self._crs.get(rtype.plural)
         if custom is not None and custom.schema is not None:
-            custom.schema.prune(obj)
-            custom.schema.default(obj)
-            causes = custom.schema.validate(obj)
+            # /status: only the status stanza is pruned, defaulted and validated; the rest
+            # is the stored object, left exactly as it is.
+            target = copy.deepcopy(obj) if status_only else obj
+            custom.schema.prune(target)
+            custom.schema.default(target)
+            causes = custom.schema.validate(target)
             if status_only:
                 causes = [c for c in causes if re.match(r"status(\.|\[|$)", c.field)]
+                obj.pop("status", None)
+                if "status" in target:
+                    obj["status"] = target["status"]
             if causes:
                 raise self._invalid(rtype, name, causes)
 

@@ -157,7 +157,7 @@ _CREDENTIAL_NAME = re.compile(
 # bounds what it scans, so a hostile line costs time linear in its length.
 _NAME_VALUE = re.compile(
     r"(?<![\w-])(?P<q>[\"']?)(?P<name>[\w-]{1,64})(?P=q)(?P<sep>\s*[:=]\s*)(?!\[REDACTED\])"
-    r"(?:(?P<quote>[\"'])(?:\\.|(?!(?P=quote)).)*(?P=quote)"
+    r"(?:(?P<quote>\")(?:\\.|[^\"\\])*\"|(?P<squote>')(?:\\.|[^'\\])*'"
     r"|[^\s,;&}\])\"']+(?:[ \t]+[^\s,;&}\])\"']+)?)"
 )
 # Protobuf text format of a header map entry: key: "x-api-key" value: "..."
@@ -177,11 +177,22 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 }
 
 
-def _name_value(match: re.Match[str]) -> str:
-    if not _CREDENTIAL_NAME.fullmatch(match["name"]):
-        return match[0]
-    quote = match["quote"] or ""
-    return f"{match['q']}{match['name']}{match['q']}{match['sep']}{quote}{REDACTED}{quote}"
+def _redact_values(text: str) -> str:
+    """Replace the value after every credential-like name. A name that is not one
+    gives back only itself and its separator: its value is scanned in turn (in
+    ``note: GET /x?access_token=...`` the token is found inside ``note``'s value)."""
+    out: list[str] = []
+    position = 0
+    while (match := _NAME_VALUE.search(text, position)) is not None:
+        if _CREDENTIAL_NAME.fullmatch(match["name"]):
+            quote = match["quote"] or match["squote"] or ""
+            out.append(text[position : match.end("sep")] + quote + REDACTED + quote)
+            position = match.end()
+        else:
+            out.append(text[position : match.end("sep")])
+            position = match.end("sep")
+    out.append(text[position:])
+    return "".join(out)
 
 
 def _proto_entry(match: re.Match[str]) -> str:
@@ -194,7 +205,7 @@ def scrub(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by [REDACTED]."""
     text = _PROTO_ENTRY.sub(_proto_entry, text)
     text = _COOKIE_HEADER.sub(lambda m: m[1] + REDACTED, text)
-    text = _NAME_VALUE.sub(_name_value, text)
+    text = _redact_values(text)
     text = _SCHEME.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)
 

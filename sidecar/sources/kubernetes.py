@@ -210,6 +210,13 @@ def _in_scope(ref: ObjectRef, namespace: str | None) -> bool:
     return namespace is None or ref[0] == namespace
 
 
+def _int(value: object) -> int:
+    try:
+        return int(str(value)) if value is not None else 0
+    except ValueError:
+        return 0
+
+
 def _string_map(value: object) -> dict[str, str]:
     if not isinstance(value, Mapping):
         return {}
@@ -306,7 +313,7 @@ class PolicyKind:
             namespace=ref[0],
             name=ref[1],
             uid=str(meta.get("uid") or ""),
-            generation=int(meta.get("generation") or 0),
+            generation=_int(meta.get("generation")),
             resource_version=str(meta.get("resourceVersion") or ""),
             status=status if isinstance(status, Mapping) else {},
         )
@@ -361,13 +368,15 @@ class ServiceKind:
         return self._rebuild()
 
     def apply(self, event: str, obj: Json) -> bool:
+        ref = _ref(obj)
+        before = self.bindings.get(ref)
         if event == "DELETED":
-            ref = _ref(obj)
             self.bindings.pop(ref, None)
             self.errors.pop(ref, None)
         else:
             self._upsert(obj)
-        return self._rebuild()
+        # Most Services carry no annotation: their events change nothing.
+        return self.bindings.get(ref) != before and self._rebuild()
 
     def _upsert(self, obj: Json) -> None:
         ref = _ref(obj)

@@ -118,6 +118,16 @@ def already_says(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool
     return all(current.get(key) == value for key, value in desired.items())
 
 
+def _fingerprint(status: Mapping[str, Any]) -> str:
+    """What a status says, without the clock: the same verdict computed a second later is
+    the same write."""
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, Mapping) else c
+        for c in status.get("conditions") or []
+    ]
+    return json.dumps({**status, "conditions": conditions}, sort_keys=True, default=str)
+
+
 # ------------------------------------------------------------------------------------------
 # Leader election
 # ------------------------------------------------------------------------------------------
@@ -403,9 +413,7 @@ class StatusWriter:
             desired = desired_status(obj, invalid_message(state), _now())
             if already_says(obj.status, desired):
                 continue
-            written = _Written(
-                obj.uid, obj.generation, json.dumps(desired, sort_keys=True), obj.resource_version
-            )
+            written = _Written(obj.uid, obj.generation, _fingerprint(desired), obj.resource_version)
             if self._written.get(obj.source_key) == written:
                 continue  # sent; the watch has not brought it back yet
             if await self._patch(obj, desired):

@@ -221,3 +221,39 @@ def _samples(text: str, name: str) -> list[tuple[dict[str, str], str]]:
         (dict(re.findall(r'(\w+)="([^"]*)"', labels)), value)
         for labels, value in pattern.findall(text)
     ]
+
+
+def test_every_worker_watches_and_only_the_supervisor_writes_status(
+    api: KubeApiServer, stack: Stack, tmp_path: Path
+) -> None:
+    key = secrets.token_urlsafe(24)
+    api.create(reviews_policy())
+    api.create(reviews_service())
+    api.create(key_secret(key))
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", namespace="shop")
+    sidecar = stack.sidecar(
+        workers=2,
+        extra_args=["--kubernetes", "--namespace", "shop"],
+        env={"KUBECONFIG": str(kubeconfig), "POD_NAME": "abuse-sidecar-0", "POD_NAMESPACE": "shop"},
+    )
+    envoy = stack.envoy(sidecar, stack.upstream(), concurrency=2)
+    # Each Envoy worker talks to each sidecar worker: every answer comes from a process
+    # that bound the Service and knows the Secret's key.
+    for index in range(12):
+        response = httpx.get(
+            envoy.url(f"/reviews/{index}"),
+            headers={"host": "reviews.shop", "x-api-key": key},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["headers"]["x-abuse-subject"] == "alice"
+    eventually(lambda: ready(api), what="Ready condition")
+    time.sleep(1.0)  # room for a second writer, if there were one
+    patches = [r for r in api.requests_to("abusepolicies", "PATCH") if r.path.endswith("/status")]
+    assert len(patches) == 1
+    # One Lease candidate (the supervisor), three watchers (the supervisor and both workers).
+    lease = api.get("leases", "shop", "abuse-sidecar-status-8d9001d32c")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "abuse-sidecar-0"
+    assert len([r for r in api.requests_to("leases") if r.method == "POST"]) == 1
+    assert len([r for r in api.requests_to("abusepolicies", "GET") if not r.watch]) == 3

@@ -9,26 +9,43 @@ speaks the real list/watch protocol (tests/k8s_apiserver.py).
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
+import hashlib
 import json
+import os
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.compiled.resources import Resources
-from sidecar.compiled.snapshot import PolicyRegistry, PolicySnapshot
+from sidecar.compiled.snapshot import PolicyRegistry, PolicySnapshot, PolicyState
 from sidecar.identity.api_keys import ApiKeyIndex, SecretKeyTable, digest_of
 from sidecar.identity.errors import UnknownApiKey
 from sidecar.sources.kubernetes import (
     API_KEY_LABEL,
     POLICY_ANNOTATION,
     KubernetesSource,
+    PolicyObject,
+    Reflector,
+    SecretKind,
     WatchTiming,
 )
-from sidecar.sources.status import LeaseSettings, StatusWriter, lease_name
+from sidecar.sources.status import (
+    LeaseSettings,
+    StatusWriter,
+    already_says,
+    desired_status,
+    lease_name,
+)
 from tests.k8s_apiserver import KubeApiServer, load_crd
 
 CRD = (
@@ -110,10 +127,10 @@ class Replica:
         """Policy id → generation of the version serving now."""
         return {pid: p.generation for pid, p in self.registry.current.index.by_id.items()}
 
-    def state(self, pid: str) -> Any:
+    def state(self, pid: str) -> PolicyState:
         return next(s for s in self.registry.current.states if s.id == pid)
 
-    def reflector(self, plural: str) -> Any:
+    def reflector(self, plural: str) -> Reflector:
         return next(r for r in self.source.reflectors if r.kind.plural == plural)
 
     @property
@@ -125,7 +142,7 @@ StartReplica = Callable[..., Awaitable[Replica]]
 
 
 @pytest.fixture
-def api() -> Any:
+def api() -> Iterator[KubeApiServer]:
     with KubeApiServer(load_crd(CRD), bookmark_lead=0.3) as server:
         yield server
         assert not server.internal_errors
@@ -150,7 +167,6 @@ async def start_replica(api: KubeApiServer, tmp_path: Path) -> AsyncIterator[Sta
         source = KubernetesSource(
             registry, resources.secret_keys, namespaces, kubeconfig=str(kubeconfig), timing=FAST
         )
-        writer = None
         replica = Replica(
             name,
             f"system:serviceaccount:shop:{name}",
@@ -315,7 +331,7 @@ async def test_invalid_update_keeps_the_good_version_and_reports_the_field_path(
     assert replica.state("shop/reviews").state == "invalid"
 
     # Fixed: Ready again, and lastTransitionTime moved because the status did.
-    time.sleep(1.1)  # lastTransitionTime has second precision
+    await asyncio.sleep(1.1)  # lastTransitionTime has second precision
     api.update(policy("reviews", rateLimits=[{**limits[0], "period": "2m"}]))
     await until(lambda: replica.serving() == {"shop/reviews": 3}, what="fixed version serving")
     await until(
@@ -363,7 +379,7 @@ async def test_lasttransitiontime_only_moves_when_the_status_does(
     await until(lambda: ready_condition(api.get("abusepolicies", "shop", "steady")), what="status")
     before = ready_condition(api.get("abusepolicies", "shop", "steady"))
     assert before is not None
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     api.update(policy("steady", mode="shadow"))
     await until(
         lambda: (
@@ -392,7 +408,9 @@ async def test_dropped_watch_resumes_from_the_last_resource_version(
     api.create(policy("before"))
     await until(lambda: "shop/before" in replica.serving(), what="first ADDED")
     last_seen = replica.reflector("abusepolicies").resource_version
-    assert last_seen == api.get("abusepolicies", "shop", "before")["metadata"]["resourceVersion"]
+    stored = api.get("abusepolicies", "shop", "before")
+    assert stored is not None
+    assert last_seen == stored["metadata"]["resourceVersion"]
 
     assert api.drop_watches(plural="abusepolicies") == 1  # TCP cut mid-stream
     api.create(policy("during"))  # written while nobody watches
@@ -451,8 +469,10 @@ async def test_bookmarks_advance_the_resource_version(
     await watching(api, "abusepolicies")
     reflector = replica.reflector("abusepolicies")
     listed_rv = reflector.resource_version
+    await watching(api, "services")
+    await watching(api, "secrets")
     api.create(service("unrelated"))  # moves the global revision, no AbusePolicy event
-    assert api.send_bookmarks() >= 3
+    assert api.send_bookmarks() == 3  # every watch asked for bookmarks
     await until(lambda: reflector.bookmarks >= 1, what="a BOOKMARK")
     assert reflector.resource_version == str(api.revision) != listed_rv
 
@@ -609,7 +629,7 @@ async def test_leadership_moves_when_the_leader_stops_renewing(
 
     # pod-a loses the API server (a partition): it cannot renew.
     assert a.source.connection is not None
-    await a.source.connection.api_client.close()
+    await a.source.connection.aclose()
     started = time.monotonic()
     await until(lambda: b.leads, timeout=10, what="pod-b takes over")
     took = time.monotonic() - started
@@ -647,3 +667,179 @@ async def test_a_stopping_leader_hands_the_lease_over_at_once(
     assert a.writer is not None
     await a.writer.aclose()  # SIGTERM: releases the Lease
     await until(lambda: b.leads, timeout=3, what="pod-b leads well before 30 s")
+
+
+# ------------------------------------------------------------------------------------------
+# Least privilege: the chart's RBAC is enough
+# ------------------------------------------------------------------------------------------
+
+HELM = Path(__file__).resolve().parents[2] / "tools" / "helm"
+
+
+def chart_rbac(tmp_path: Path, release_namespace: str, watch: list[str]) -> list[Json]:
+    """The chart's Roles, ClusterRoles and bindings for ``watchNamespaces=watch``."""
+    if not HELM.exists():
+        pytest.skip("tools/helm missing (scripts/fetch-helm.sh fetches it)")
+    home = tmp_path / "helm"
+    rendered = subprocess.run(
+        [
+            str(HELM),
+            "template",
+            "abuse-sidecar",
+            str(CRD.parents[1]),
+            "--namespace",
+            release_namespace,
+            "--set-json",
+            f"watchNamespaces={json.dumps(watch)}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        },
+    ).stdout
+    kinds = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+    return [d for d in yaml.safe_load_all(rendered) if isinstance(d, dict) and d["kind"] in kinds]
+
+
+@pytest.mark.parametrize("watch", [["shop"], []], ids=["namespaced", "all-namespaces"])
+async def test_runs_with_nothing_more_than_the_chart_grants(
+    tmp_path: Path, watch: list[str]
+) -> None:
+    rbac = chart_rbac(tmp_path, "abuse-system", watch)
+    namespaces = ("default", "shop", "abuse-system")
+    with KubeApiServer(load_crd(CRD), rbac=True, namespaces=namespaces) as api:
+        for doc in rbac:
+            api.create(doc)
+        api.create(policy("p1"))
+        api.create(service("reviews", policy_name="p1"))
+        api.create(api_key_secret("key-alice", "k"))
+        token = api.service_account_token("abuse-system", "abuse-sidecar")
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token=token)
+        resources = Resources()
+        resources.secret_keys = SecretKeyTable()
+        registry = PolicyRegistry(resources)
+        source = KubernetesSource(
+            registry, resources.secret_keys, watch, kubeconfig=str(kubeconfig), timing=FAST
+        )
+        lease = LeaseSettings("abuse-system", lease_name(watch), "pod-a", 2, 1.2, 0.1)
+        writer = StatusWriter(source, registry, lease, retry_initial=0.05, retry_max=0.3)
+        await source.start()
+        await writer.start()
+        try:
+            assert await source.wait_synced(10), source.unready_reasons()
+            await until(lambda: writer.is_leader, what="leadership")
+            await until(
+                lambda: ready_condition(api.get("abusepolicies", "shop", "p1")), what="status"
+            )
+            await asyncio.sleep(0.3)
+            # Renewals too (replace on the Lease) stay within the Role.
+            assert writer.elector is not None
+            assert writer.elector.last_error is None
+        finally:
+            await writer.aclose()
+            await source.aclose()
+        assert "shop/p1" in registry.current.index.by_id
+        assert len(resources.secret_keys) == 1
+        refused = [(r.method, r.path, r.query) for r in api.requests if r.code == 403]
+        assert refused == []
+        assert not api.internal_errors
+
+
+# ------------------------------------------------------------------------------------------
+# Properties of what is parsed from the cluster and what is written back
+# ------------------------------------------------------------------------------------------
+
+_conditions = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["Ready", "Degraded", "example.org/Synced"]),
+            "status": st.sampled_from(["True", "False", "Unknown"]),
+            "reason": st.sampled_from(["Compiled", "Invalid", "Other"]),
+            "message": st.text(max_size=20),
+            "lastTransitionTime": st.sampled_from(["2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"]),
+        }
+    ),
+    max_size=4,
+    unique_by=lambda c: c["type"],
+)
+_moments = st.datetimes(
+    min_value=datetime.datetime(2026, 1, 1), max_value=datetime.datetime(2030, 1, 1)
+).map(lambda d: d.replace(tzinfo=datetime.UTC))
+
+
+def _object(status: Json, generation: int = 1) -> PolicyObject:
+    return PolicyObject("shop", "p", "uid-1", generation, "7", status)
+
+
+@given(
+    conditions=_conditions,
+    error=st.none() | st.text(min_size=1, max_size=40),
+    generation=st.integers(min_value=1, max_value=10**6),
+    first=_moments,
+    later=_moments,
+)
+def test_status_is_written_once_and_keeps_what_others_wrote(
+    conditions: list[Json],
+    error: str | None,
+    generation: int,
+    first: datetime.datetime,
+    later: datetime.datetime,
+) -> None:
+    before = _object({"conditions": conditions, "observedGeneration": 0}, generation)
+    written = desired_status(before, error, first)
+    # Once the object carries it, the same verdict later is no write at all.
+    assert already_says(written, desired_status(_object(written, generation), error, later))
+    # Other controllers' conditions stay, in their order; Ready appears once.
+    others = [c for c in conditions if c["type"] != "Ready"]
+    assert [c for c in written["conditions"] if c["type"] != "Ready"] == others
+    (ready,) = [c for c in written["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == ("False" if error else "True")
+    assert ready["reason"] == ("Invalid" if error else "Compiled")
+    assert ready["observedGeneration"] == written["observedGeneration"] == generation
+    previous = next((c for c in conditions if c["type"] == "Ready"), None)
+    if previous is not None and previous["status"] == ready["status"]:
+        assert ready["lastTransitionTime"] == previous["lastTransitionTime"]
+    else:
+        assert ready["lastTransitionTime"] == first.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@given(
+    data=st.none()
+    | st.text(max_size=40)
+    | st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    labelled=st.booleans(),
+    subject=st.none() | st.text(max_size=10),
+)
+def test_any_secret_yields_a_digest_or_a_reason_never_the_key(
+    data: str | None, labelled: bool, subject: str | None
+) -> None:
+    table = SecretKeyTable()
+    kind = SecretKind(table)
+    obj: Json = {
+        "metadata": {
+            "name": "k",
+            "namespace": "shop",
+            "labels": {API_KEY_LABEL: "true"} if labelled else {},
+            "annotations": {} if subject is None else {"abuse.sidecar.dev/subject": subject},
+        },
+        "data": {} if data is None else {"api_key": data},
+    }
+    kind.apply("ADDED", obj)
+    if ("shop", "k") in table.entries():
+        assert data is not None
+        key = table.entries()[("shop", "k")]
+        assert key.digest == hashlib.sha256(base64.b64decode(data)).digest()
+        assert key.subject == (subject or "k")
+        assert data not in repr(key)
+        assert ("shop", "k") not in kind.errors
+    else:
+        assert not labelled or ("shop", "k") in kind.errors
+    kind.apply("DELETED", obj)
+    assert len(table) == 0
+    assert kind.errors == {}

@@ -15,16 +15,20 @@ import asyncio
 import json
 import logging
 import random
+import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
+from prometheus_client import REGISTRY
 
 from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry
@@ -251,8 +255,10 @@ async def test_a_failing_store_is_an_error_span_and_the_check_follows_failure_mo
     authorizer = Authorizer(registry, Engine(down, MemoryStore()), tracing=tracing)
     traceparent, trace_id, _ = _traceparent()
     try:
-        response = await authorizer.check(
-            check_request(headers={"x-api-key": API_KEY, "traceparent": traceparent})
+        response = CheckResponse.FromString(
+            await authorizer.check(
+                check_request(headers={"x-api-key": API_KEY, "traceparent": traceparent})
+            )
         )
         await tracing.exporter.flush()
     finally:
@@ -396,3 +402,60 @@ def test_tracestate_handling_agrees_with_the_opentelemetry_api(members: list[str
     finally:
         logging.getLogger("opentelemetry.trace.span").disabled = False
     assert valid_trace_state(header) == expected
+
+
+def _dropped(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("abuse_sidecar_trace_spans_dropped_total", {"reason": reason})
+        or 0.0
+    )
+
+
+async def test_an_unreachable_collector_costs_spans_never_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    envelope = otlp.Envelope.build({"service.name": "abuse-sidecar"}, "sidecar", "test")
+    exporter = otlp.OtlpExporter(
+        f"http://127.0.0.1:{free_port()}", envelope, max_queue=10, batch_size=6, timeout=0.5
+    )
+    full, failed = _dropped("queue_full"), _dropped("export_failed")
+    await exporter.start()
+    try:
+        started = time.perf_counter()
+        for _ in range(4):
+            exporter.add(b"", 3)  # the fourth Check's 3 spans do not fit in 10
+        assert time.perf_counter() - started < 0.01  # adding never waits for the network
+        assert _dropped("queue_full") - full == 3
+        with caplog.at_level(logging.WARNING, logger="sidecar.tracing"):
+            await exporter.flush()  # two batches, each retried twice, then dropped
+    finally:
+        await exporter.aclose()
+    assert _dropped("export_failed") - failed == 9
+    warnings = [r for r in caplog.records if "OTLP export" in r.getMessage()]
+    assert len(warnings) == 1  # at most one a minute, however many batches fail
+    assert "UNAVAILABLE" in warnings[0].getMessage()  # says why, so the operator can act
+
+
+async def test_without_an_endpoint_a_check_touches_no_tracing_code() -> None:
+    registry = PolicyRegistry(Resources())
+    registry.replace_source("test", load_text(POLICY, "policy.yaml"))
+    authorizer = Authorizer(registry, Engine(MemoryStore(), MemoryStore()))  # as serve builds it
+    traceparent, _, _ = _traceparent()
+    request = check_request(headers={"x-api-key": API_KEY, "traceparent": traceparent})
+    await authorizer.check(request)  # warm: first-use caches are not per-Check cost
+
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            await authorizer.check(request)
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    observability = str(Path(otlp.__file__).parent)
+    traced = snapshot.filter_traces(
+        [
+            tracemalloc.Filter(True, f"{observability}/tracing.py"),
+            tracemalloc.Filter(True, f"{observability}/otlp.py"),
+        ]
+    )
+    assert traced.statistics("filename") == []

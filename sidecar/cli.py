@@ -97,9 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
         # and the supervisor's /metrics aggregates them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="abuse-sidecar-metrics-")
     from sidecar.app import serve
-    from sidecar.observability.logging import configure_logging
-
     from sidecar.errors import ConfigurationError
+    from sidecar.observability.logging import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     try:
@@ -225,9 +224,8 @@ async def _with_store(url: str, action: Any) -> Any:
 
 def _revoke(args: argparse.Namespace) -> int:
     from sidecar.errors import StoreUnavailable
-    from sidecar.model.durations import parse_duration
-
     from sidecar.identity.revocation import validate_jti
+    from sidecar.model.durations import parse_duration
 
     try:
         validate_jti(args.jti)

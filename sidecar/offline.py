@@ -53,7 +53,10 @@ async def explain_offline(
 
 
 async def _explain(
-    policies: Sequence[Path], resources: Resources, request: OfflineRequest, default_policy: str | None
+    policies: Sequence[Path],
+    resources: Resources,
+    request: OfflineRequest,
+    default_policy: str | None,
 ) -> dict[str, Any]:
     registry = PolicyRegistry(resources, default_policy)
     errors: list[str] = []

@@ -74,7 +74,9 @@ class LabelSelector(_Model):
 
 
 # Subjects and plans travel upstream in x-abuse-subject / x-abuse-plan headers.
-HeaderSafe = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")]
+HeaderSafe = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+]
 
 
 class InlineApiKey(_Model):
@@ -119,7 +121,7 @@ class JwtSpec(_Model):
     audiences: list[str] = Field(default_factory=list)
     jwks_uri: Annotated[str, Field(pattern=r"^https?://")] | None = None
     jwks: InlineJwks | None = None
-    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: _DEFAULT_ALGORITHMS.copy(), min_length=1)
+    algorithms: list[JwtAlgorithm] = Field(default_factory=_DEFAULT_ALGORITHMS.copy, min_length=1)
     leeway: Duration = "30s"
     subject_claim: str = "sub"
     plan_claim: str = "plan"

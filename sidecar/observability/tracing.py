@@ -149,8 +149,8 @@ class CheckTrace:
         "_error",
         "_exporter",
         "_offset",
-        "_spans",
         "_start",
+        "_stores",
         "span_id",
         "steps",
         "trace_id",
@@ -175,7 +175,7 @@ class CheckTrace:
         # Spans are timed with perf_counter_ns (monotonic, cheap); this maps to Unix time.
         self._offset = time.time_ns() - self._start
         self.steps: list[TracedStep] = []
-        self._spans: list[bytes] = []  # store spans, encoded as they end
+        self._stores: list[otlp.ChildSpan] = []  # store calls, as they end
         self._error = ""
 
     @property
@@ -185,21 +185,6 @@ class CheckTrace:
     @property
     def span_id_hex(self) -> str:
         return self.span_id.hex()
-
-    def child_span(
-        self, name_kind: bytes, start: int, end: int, attributes: bytes, status: bytes = b""
-    ) -> bytes:
-        """A child of the check span, encoded (``start``/``end``: perf_counter_ns)."""
-        offset = self._offset
-        return otlp.encode_span(
-            self._child_context,
-            _new_id(64).to_bytes(8, "big"),
-            name_kind,
-            start + offset,
-            end + offset,
-            attributes,
-            status,
-        )
 
     # -- PipelineTrace ------------------------------------------------------------
 
@@ -223,12 +208,13 @@ class CheckTrace:
     def finish(self, decision: Decision | None) -> None:
         """End the check span and hand every span of this Check to the exporter."""
         end = _perf_ns()
-        spans = self._spans
+        children = self._stores
         for step in self.steps:
-            spans.append(step.encode())
+            children.append(step.span())
         # Steps point back at this trace: without this the pair is a reference cycle
         # per Check, left for the garbage collector instead of freed right away.
         self.steps.clear()
+        spans = otlp.encode_children(self._child_context, children, self._offset)
         ctx = self._ctx
         attributes = [_attr("http.request.method", ctx.method)]
         if ctx.client_ip:
@@ -278,7 +264,7 @@ class CheckTrace:
         if error:
             attributes += _attr("error.type", error)
             status = otlp.status_error(error)
-        self._spans.append(self.child_span(_STORE_NAME, start, _perf_ns(), attributes, status))
+        self._stores.append((_STORE_NAME, start, _perf_ns(), attributes, status))
 
 
 class TracedStep:
@@ -310,7 +296,7 @@ class TracedStep:
             self._deny, self._phase = deny, "store"
         return deny
 
-    def encode(self) -> bytes:
+    def span(self) -> otlp.ChildSpan:
         name_kind, allowed, denied = _step_parts(self.name)
         deny = self._deny
         if deny is None:
@@ -324,7 +310,7 @@ class TracedStep:
             )
         if self._ops:
             attributes += _attr("abuse_sidecar.store.operations", self._ops)
-        return self._trace.child_span(name_kind, self._start, self._end, attributes)
+        return name_kind, self._start, self._end, attributes, b""
 
 
 @lru_cache(maxsize=256)

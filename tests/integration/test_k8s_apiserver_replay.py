@@ -378,7 +378,9 @@ def _compare_watch(exchange: Exchange, observed: Observed) -> None:
     # The fake never invents a bookmark; when the watched kind changed during the watch it
     # sends the pre-deadline one as the real server did. (Quiet real watches got bookmarks
     # only when the cache RV moved through other kinds' writes, which the fake ignores.)
-    assert len(fake_bm) <= len(recorded_bm)
+    # Replayed time is compressed; on a loaded machine the fake's single pre-deadline
+    # bookmark can fall inside a watch that the recording closed just before it.
+    assert len(fake_bm) <= max(1, len(recorded_bm))
     if _live(recorded) and recorded_bm:
         assert fake_bm, "expected the pre-deadline BOOKMARK"
     for bookmark, recorded_bookmark in zip(fake_bm, recorded_bm, strict=False):

@@ -836,7 +836,8 @@ def test_any_secret_yields_a_digest_or_a_reason_never_the_key(
         key = table.entries()[("shop", "k")]
         assert key.digest == hashlib.sha256(base64.b64decode(data)).digest()
         assert key.subject == (subject or "k")
-        assert data not in repr(key)
+        # The key never shows; a subject that happens to equal it is public on purpose.
+        assert data not in repr(key).replace(repr(key.subject), "")
         assert ("shop", "k") not in kind.errors
     else:
         assert not labelled or ("shop", "k") in kind.errors

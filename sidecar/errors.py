@@ -30,6 +30,19 @@ class PolicyError(SidecarError):
         return f"{where}: {field}{self.message}"
 
 
+class SectionError(ValueError):
+    """A policy section its step cannot build; names the field the way users write it.
+
+    Step builders raise it (or a subclass); the compiler turns it into a PolicyError
+    with the file and document added.
+    """
+
+    def __init__(self, field_path: str, message: str) -> None:
+        self.field_path = field_path
+        self.message = message
+        super().__init__(f"{field_path}: {message}")
+
+
 class StoreUnavailable(SidecarError):
     """The shared store (Redis) could not answer in time; callers follow failureMode."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sidecar.compiled.dimensions import CompiledKey
 from sidecar.compiled.policy import CompiledPolicy
 from sidecar.compiled.resources import Resources
-from sidecar.errors import PolicyError
+from sidecar.errors import PolicyError, SectionError
 from sidecar.model.policy import AbusePolicy
 from sidecar.pipeline.step import Step
 from sidecar.steps.active_blocks import ActiveBlocksStep, MembershipRule
@@ -24,17 +24,10 @@ def _section(
 ) -> Step | None:
     try:
         return build()
+    except SectionError as exc:  # names the exact field (spec.identity.jwt.jwks.keys[1].kty)
+        raise PolicyError(source, None, exc.field_path, exc.message) from exc
     except ValueError as exc:
-        # Builders may name the exact field (``spec.identity.jwt.jwks.keys[1].kty``).
-        field = getattr(exc, "field_path", None) or path
-        message = getattr(exc, "message", None) or str(exc)
-        if message.startswith("graphql.costBudget"):  # the budget is compiled with the limits
-            detail, _, message = message.partition(": ")
-            field = "spec." + detail
-        elif message.startswith("[") and "]" in message and ": " in message:
-            detail, _, message = message.partition(": ")
-            field += detail
-        raise PolicyError(source, None, field, message) from exc
+        raise PolicyError(source, None, path, str(exc)) from exc
 
 
 def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> CompiledPolicy:

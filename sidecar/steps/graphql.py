@@ -22,6 +22,7 @@ import hashlib
 from dataclasses import dataclass
 
 from sidecar.compiled.paths import PathSet
+from sidecar.errors import SectionError
 from sidecar.graphql.analysis import Analyser
 from sidecar.graphql.limits import Limits
 from sidecar.graphql.lru import LRUCache
@@ -204,14 +205,11 @@ def _report(measurements: Measurements) -> dict[str, object]:
     }
 
 
-class SchemaError(ValueError):
-    """A bad ``spec.graphql.schema``; ``field_path`` lets the compiler name the field."""
-
-    field_path = "spec.graphql.schema"
+class SchemaError(SectionError):
+    """A bad ``spec.graphql.schema``."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__("spec.graphql.schema", message)
 
 
 def build_graphql_step(policy_id: str, spec: GraphQLSpec) -> GraphQLStep | None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.errors import SectionError
 from sidecar.identity.api_keys import ApiKeyIdentity, ApiKeyIndex, SecretKeyTable
 from sidecar.identity.errors import InvalidCredential, MalformedApiKey
 from sidecar.identity.jwk import JwkError, parse_jwks
@@ -52,13 +53,8 @@ CHALLENGE_HEADER: Final = "WWW-Authenticate"
 Credential = Literal["jwt", "api_key", "mtls"]
 
 
-class IdentityConfigError(ValueError):
+class IdentityConfigError(SectionError):
     """A part of ``spec.identity`` that cannot be built; names the field."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        self.field_path = field_path
-        self.message = message
-        super().__init__(f"{field_path}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

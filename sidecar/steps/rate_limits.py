@@ -23,6 +23,7 @@ from typing import Any
 
 from sidecar.compiled.dimensions import CompiledKey
 from sidecar.compiled.paths import RequestMatcher
+from sidecar.errors import SectionError
 from sidecar.model.durations import parse_duration
 from sidecar.model.policy import CostBudgetSpec, RateLimitSpec
 from sidecar.pipeline.context import RequestContext
@@ -237,18 +238,20 @@ def _check_exact(
     if algorithm == "sliding_window":
         largest = max(limits)
         if largest * period_ms > MAX_LIMIT_PERIOD_PRODUCT:
-            raise ValueError(
-                f"{field}: a sliding window of {largest} per {period} is too large to count "
+            raise SectionError(
+                field,
+                f"a sliding window of {largest} per {period} is too large to count "
                 f"exactly (limit times period must stay under {MAX_LIMIT_PERIOD_PRODUCT} "
-                "request-milliseconds); use fixed_window for quotas this large"
+                "request-milliseconds); use fixed_window for quotas this large",
             )
     elif algorithm == "token_bucket":
         smallest = min([value for value in limits if value > 0], default=1)
         capacity = max([burst, *limits]) * emission_interval_us(smallest, period_ms)
         if capacity > MAX_LIMIT_PERIOD_PRODUCT:
-            raise ValueError(
-                f"{field}: a bucket of {max([burst, *limits])} tokens refilled over {period} "
-                "is too large to count exactly"
+            raise SectionError(
+                field,
+                f"a bucket of {max([burst, *limits])} tokens refilled over {period} "
+                "is too large to count exactly",
             )
 
 
@@ -303,7 +306,7 @@ def build_rate_limit_step(
             _compile(
                 policy_id,
                 spec.name,
-                f"[{index}].period",
+                f"spec.rateLimits[{index}].period",
                 matcher=matcher,
                 by=spec.by,
                 algorithm=spec.algorithm,
@@ -320,7 +323,7 @@ def build_rate_limit_step(
             _compile(
                 policy_id,
                 BUDGET_RULE,
-                "graphql.costBudget.period",
+                "spec.graphql.costBudget.period",
                 matcher=None,
                 by=cost_budget.by,
                 algorithm="sliding_window",

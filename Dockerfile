@@ -16,10 +16,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 # Only what the wheel is built from: a change to tests or docs does not rebuild this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sidecar ./sidecar
-# Dependencies must come as binary wheels: no compiler is installed, here or below.
-RUN python -m pip wheel --wheel-dir /wheels --only-binary=:all: --no-binary=abuse-sidecar .
+# Dependencies must come as binary wheels: no compiler is installed, here or below. The
+# constraints are the versions CI tested, so the image runs what the tests ran.
+RUN python -m pip wheel --wheel-dir /wheels --only-binary=:all: --no-binary=abuse-sidecar \
+    -c constraints.txt .
 
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
 ARG UID=10001

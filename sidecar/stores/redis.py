@@ -197,7 +197,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: Redis[Any] | RedisCluster[Any],
+        client: Redis | RedisCluster,
         connect: ConnectionFactory | None,
         *,
         description: str,
@@ -391,7 +391,7 @@ class RedisStore:
         # and failureMode is never applied.
         async with asyncio.timeout(self._command_timeout):
             if not connection.is_connected:
-                await connection.connect()
+                await connection.connect()  # type: ignore[no-untyped-call]
             replies = await _pipeline(connection, payloads)
             missing = [
                 i
@@ -664,7 +664,7 @@ def open_redis_store(
     }
     try:
         if scheme in ("redis", "rediss", "unix"):
-            pool: ConnectionPool[Any] = ConnectionPool.from_url(url, **options)
+            pool: ConnectionPool = ConnectionPool.from_url(url, **options)
             return RedisStore(Redis(connection_pool=pool), pool.make_connection, **common)
         if scheme == "redis+sentinel":
             segments = [segment for segment in parts.path.split("/") if segment]
@@ -676,7 +676,7 @@ def open_redis_store(
                 for name in ("sentinel_username", "sentinel_password")
                 if name in query
             }
-            sentinel = Sentinel(
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 _hosts(parts.netloc, 26379),
                 sentinel_kwargs={
                     "socket_connect_timeout": connect_timeout_ms / 1000,
@@ -699,9 +699,7 @@ def open_redis_store(
                 **_credentials(parts.netloc),
                 **{name: value for name, value in options.items() if name != "retry"},
             }
-            cluster: RedisCluster[Any] = RedisCluster(
-                startup_nodes=nodes, ssl=ssl, **cluster_options
-            )
+            cluster: RedisCluster = RedisCluster(startup_nodes=nodes, ssl=ssl, **cluster_options)
             return RedisStore(cluster, None, **common)
     except (ValueError, redis_errors.RedisError) as exc:
         raise ConfigurationError(f"invalid Redis URL {description!r}: {exc}") from exc

@@ -1,0 +1,171 @@
+"""Authorizer CPU per Check over gRPC, without Envoy: do-nothing server vs the sidecar.
+
+    .venv/bin/python -m bench.grpc_cpu [--scenario honeypots] [--seconds 4] [--rounds 4]
+        [--concurrency 16] [--perf-record DIR]
+
+``bench/run.py`` measures throughput through Envoy, where both the authorizer and
+Envoy compete for the cores and a few microseconds hide in run-to-run noise. This
+drives each authorizer directly with gRPC clients in this process (one channel,
+``--concurrency`` calls in flight, a request shaped like Envoy's) and reports the
+authorizer process's own CPU time per answered Check, alternating the two servers
+round by round. It is the figure to watch while shaving the Check path.
+
+``--perf-record DIR`` also samples each server with ``perf record`` (software
+clock, call graphs) during its last round, for ``perf report -i DIR/<name>.data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+from bench.scenarios import SCENARIOS
+from tests.harness.noop_authz import start_noop_authz
+from tests.harness.sidecar import start_sidecar
+
+
+def envoy_like_request() -> CheckRequest:
+    """What Envoy sends for ``GET /`` from wrk (headers as Envoy's ext_authz filter fills them)."""
+    request = CheckRequest()
+    attributes = request.attributes
+    attributes.source.address.socket_address.address = "127.0.0.1"
+    attributes.source.address.socket_address.port_value = 40000
+    attributes.destination.address.socket_address.address = "127.0.0.1"
+    attributes.destination.address.socket_address.port_value = 10000
+    http = attributes.request.http
+    http.id = "12402937523532515651"
+    http.method, http.path, http.host = "GET", "/", "127.0.0.1:10000"
+    http.scheme, http.protocol = "http", "HTTP/1.1"
+    http.headers.update(
+        {
+            ":authority": "127.0.0.1:10000",
+            ":method": "GET",
+            ":path": "/",
+            ":scheme": "http",
+            "x-forwarded-proto": "http",
+            "x-request-id": "6c5d1d0e-8a4f-4b0f-9d61-0f3c1f7c2d11",
+        }
+    )
+    attributes.request.time.GetCurrentTime()
+    return request
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def _drive(target: str, seconds: float, concurrency: int, request: CheckRequest) -> int:
+    channel = grpc.aio.insecure_channel(target)
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    answered = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal answered
+        while time.monotonic() < deadline:
+            await stub.Check(request)
+            answered += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await channel.close()
+    return answered
+
+
+def _measure(
+    target: str, pid: int, seconds: float, concurrency: int, perf_out: Path | None
+) -> float:
+    request = envoy_like_request()
+    asyncio.run(_drive(target, 1.0, concurrency, request))  # warm-up
+    perf = None
+    if perf_out is not None and shutil.which("perf"):
+        perf = subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", str(perf_out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+    before = _process_cpu_seconds(pid)
+    answered = asyncio.run(_drive(target, seconds, concurrency, request))
+    used = _process_cpu_seconds(pid) - before
+    if perf is not None:
+        perf.send_signal(2)
+        perf.wait(30)
+    return used / answered * 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", default="honeypots", choices=sorted(SCENARIOS))
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--perf-record", type=Path, default=None)
+    parser.add_argument("--sidecar-arg", action="append", default=[], help="extra serve flag")
+    args = parser.parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+    results: dict[str, list[float]] = {"noop": [], "sidecar": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        log_dir = Path(tmp)
+        for round_index in range(args.rounds):
+            last = round_index == args.rounds - 1
+            for name, per_check in results.items():
+                perf_out = None
+                if last and args.perf_record is not None:
+                    args.perf_record.mkdir(parents=True, exist_ok=True)
+                    perf_out = args.perf_record / f"{name}.data"
+                if name == "noop":
+                    noop = start_noop_authz(log_dir=log_dir)
+                    try:
+                        value = _measure(
+                            noop.target, noop.process.pid, args.seconds, args.concurrency, perf_out
+                        )
+                    finally:
+                        noop.stop()
+                else:
+                    sidecar = start_sidecar(
+                        log_dir=log_dir,
+                        policies=scenario.policies,
+                        default_policy=scenario.default_policy,
+                        extra_args=args.sidecar_arg,
+                    )
+                    try:
+                        value = _measure(
+                            sidecar.grpc_target,
+                            sidecar.process.pid,
+                            args.seconds,
+                            args.concurrency,
+                            perf_out,
+                        )
+                    finally:
+                        sidecar.stop()
+                per_check.append(value)
+                print(f"round {round_index + 1} {name}: {value:.1f} µs CPU per Check", flush=True)
+    noop_median = statistics.median(results["noop"])
+    sidecar_median = statistics.median(results["sidecar"])
+    print(
+        f"median: do-nothing {noop_median:.1f} µs, sidecar {sidecar_median:.1f} µs "
+        f"(+{sidecar_median - noop_median:.1f} µs, ×{sidecar_median / noop_median:.2f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -140,6 +140,7 @@ class Application:
                 Engine(self.store, fallback),
                 tracing=tracing,
                 decision_log=DecisionLog(json_fields=s.log_format == "json"),
+                decision_metadata=s.decision_metadata,
             )
             access_logs = AccessLogReceiver(lambda: self.registry.current, self.store, fallback)
             self.grpc = GrpcServer(

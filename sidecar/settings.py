@@ -50,6 +50,9 @@ class Settings:
     trace_sampling: float = 1.0
     store_timeout_ms: int = 50
     drain_seconds: float = 5.0
+    decision_metadata: str = "auto"
+    """``always``: every allowed Check returns its decision as Envoy dynamic metadata;
+    ``auto``: denials, shadow denials and policies that count responses only."""
     worker_index: int | None = None
 
     def grpc_listen_for_worker(self) -> str:
@@ -161,6 +164,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trace_sampling=float(_env("--trace-sampling", "1.0") or "1.0"),
         store_timeout_ms=int(_env("--store-timeout-ms", "50") or "50"),
         drain_seconds=float(_env("--drain-seconds", "5") or "5"),
+        decision_metadata=_decision_metadata(_env("--decision-metadata", "auto") or "auto"),
         geoip_poll_seconds=float(_env("--geoip-poll-seconds", "10") or "10"),
         worker_index=int(worker_env) if worker_env else None,
     )
+
+
+def _decision_metadata(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("auto", "always"):
+        raise ValueError(f"{env_name('--decision-metadata')} must be auto or always, not {value!r}")
+    return mode

@@ -100,9 +100,7 @@ class AccessLogReceiver:
             request_deserializer=None,
             response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
         )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"StreamAccessLogs": handler}),)
-        )
+        server.add_registered_method_handlers(SERVICE_NAME, {"StreamAccessLogs": handler})
         return SERVICE_NAME
 
     async def StreamAccessLogs(

@@ -126,5 +126,6 @@ def compile_policy(policy: AbusePolicy, source: str, resources: Resources) -> Co
         active_blocks=active,
         steps=tuple(steps),
         wants_body=spec.graphql is not None,
+        counts_responses=any(cohort.response_codes for cohort in spec.cohorts),
         spec=policy.spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
     )

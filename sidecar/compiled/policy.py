@@ -24,4 +24,7 @@ class CompiledPolicy:
     steps: tuple[Step, ...]
     # Envoy must send the body for these paths (GraphQL); informational for config.
     wants_body: bool
+    # Some cohort counts upstream responses: Envoy's access log must carry who each
+    # request was (the CheckResponse's dynamic metadata), even for allowed requests.
+    counts_responses: bool
     spec: dict[str, Any]  # the spec as written, for /policies

@@ -56,6 +56,7 @@ class Authorizer:
         *,
         tracing: Tracing | None = None,
         decision_log: DecisionLog | None = None,
+        decision_metadata: str = "auto",
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -63,7 +64,9 @@ class Authorizer:
         # None unless --otlp-endpoint: then a Check creates no span objects at all.
         self.tracing = tracing
         self.decision_log = decision_log
-        self._no_policy = responses.allow_without_policy()
+        # "always": every allow carries the decision as Envoy dynamic metadata;
+        # "auto": only where the access-log stream needs it (responses.render).
+        self._always_metadata = decision_metadata == "always"
         self._counters: dict[tuple[str, str, str], Any] = {}
 
     def bind(self, ctx: RequestContext) -> CompiledPolicy | None:
@@ -100,6 +103,7 @@ class Authorizer:
         policy: CompiledPolicy | None = None
         trace: CheckTrace | None = None
         decision: Decision | None = None
+        ctx: RequestContext | None = None
         try:
             if request is None:
                 return responses.malformed_request()
@@ -112,20 +116,25 @@ class Authorizer:
                 self._count(decision)
                 if self.decision_log is not None:
                     self.decision_log.record(ctx, decision, trace)
-                return self._no_policy
+                return responses.allow_without_policy(ctx.headers)
             decision = await self.decide(ctx, policy, trace)
             if self.decision_log is not None:
                 self.decision_log.record(ctx, decision, trace)
-            return responses.render(decision, ctx.client_ip)
+            return responses.render(
+                decision,
+                ctx.client_ip,
+                ctx.headers,
+                metadata=self._always_metadata or policy.counts_responses,
+            )
         except Exception as exc:
             log.exception("internal error while answering a Check")
             if trace is not None:
                 trace.fail(exc)
             if policy is not None and policy.failure_closed:
                 return responses.render(
-                    Decision(allowed=False, policy=policy.id, deny=_INTERNAL), ""
+                    Decision(allowed=False, policy=policy.id, deny=_INTERNAL), "", {}
                 )
-            return self._no_policy
+            return responses.allow_without_policy(None if ctx is None else ctx.headers)
         finally:
             if trace is not None:
                 trace.finish(decision)

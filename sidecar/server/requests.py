@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from sidecar.compiled.hosts import normalize_host
@@ -28,9 +29,26 @@ def _headers(http: Any) -> Mapping[str, str]:
     return joined
 
 
+_NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
+_hosts: dict[str, str] = {}
+_HOSTS_MAX = 4096
+
+
+def _host(authority: str) -> str:
+    # A deployment serves a handful of authorities: normalise each once.
+    host = _hosts.get(authority)
+    if host is None:
+        host = normalize_host(authority)
+        if len(_hosts) >= _HOSTS_MAX:
+            _hosts.clear()
+        _hosts[authority] = host
+    return host
+
+
 def context_from_check(request: Any, *, explain: bool = False) -> RequestContext:
     attributes = request.attributes
     http = attributes.request.http
+    extensions = attributes.context_extensions
     headers = _headers(http)
     raw_path = http.path or headers.get(":path", "/")
     path, query = split_path(raw_path)
@@ -42,11 +60,11 @@ def context_from_check(request: Any, *, explain: bool = False) -> RequestContext
         path=normalize_path(path or "/"),
         raw_path=raw_path,
         query=query,
-        host=normalize_host(http.host or headers.get(":authority", "")),
+        host=_host(http.host or headers.get(":authority", "")),
         headers=headers,
         body=body,
         source_ip=attributes.source.address.socket_address.address,
         source_principal=attributes.source.principal,
-        context_extensions=dict(attributes.context_extensions),
+        context_extensions=dict(extensions) if len(extensions) else _NO_EXTENSIONS,
         explain=explain,
     )

@@ -10,6 +10,7 @@ once and cached.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from google.rpc import code_pb2
 
@@ -35,14 +36,6 @@ _RETRY_REASONS = (Reason.RATE_LIMITED, Reason.BUDGET_EXHAUSTED, Reason.COHORT_TH
 # -- cached pieces -----------------------------------------------------------------------
 
 _OPTIONAL = ("x-abuse-subject", "x-abuse-plan", "x-abuse-flags", "x-abuse-shadow")
-# headers_to_remove for each combination of optional headers that are NOT set
-# (bit i set: _OPTIONAL[i] is absent and must be removed), plus x-abuse-reason.
-_REMOVE = tuple(
-    wire.headers_to_remove(
-        ["x-abuse-reason", *(name for i, name in enumerate(_OPTIONAL) if mask & (1 << i))]
-    )
-    for mask in range(1 << len(_OPTIONAL))
-)
 _RISK_HEADER = tuple(
     wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-risk", str(risk)))
     for risk in range(101)
@@ -50,6 +43,8 @@ _RISK_HEADER = tuple(
 _RISK_META = tuple(wire.metadata_entry("risk", risk) for risk in range(101))
 _ALLOW_META = wire.metadata_entry("decision", "allow")
 _DENY_META = wire.metadata_entry("decision", "deny")
+_NO_POLICY_OK = wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-policy", "none"))
+_NO_POLICY = wire.check_response(code_pb2.OK, wire.CHECK_OK, _NO_POLICY_OK, b"")
 _policy_header: dict[str, bytes] = {}
 _policy_meta: dict[str, bytes] = {}
 
@@ -69,10 +64,23 @@ def _clamp_risk(risk: int) -> int:
     return 0 if risk < 0 else 100 if risk > 100 else risk
 
 
-def allow_without_policy() -> bytes:
-    """No policy is bound: allow, tell the upstream so, and strip forged x-abuse-*."""
-    ok = wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-policy", "none"))
-    ok += wire.headers_to_remove(h for h in OWNED_HEADERS if h != "x-abuse-policy")
+def forged_headers(request_headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The upstream headers we own that the client sent itself.
+
+    Only these need ``headers_to_remove``: asking Envoy to remove absent headers on
+    every allowed request costs it measurable CPU for nothing, and the request's
+    headers are all in the CheckRequest, so we know which ones are there."""
+    return tuple(name for name in OWNED_HEADERS if name in request_headers)
+
+
+def allow_without_policy(request_headers: Mapping[str, str] | None) -> bytes:
+    """No policy is bound: allow, tell the upstream so, and strip forged x-abuse-*
+    (all of them when the request's headers are unknown)."""
+    forged = OWNED_HEADERS if request_headers is None else forged_headers(request_headers)
+    remove = [name for name in forged if name != "x-abuse-policy"]
+    if not remove:
+        return _NO_POLICY
+    ok = _NO_POLICY_OK + wire.headers_to_remove(remove)
     return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, b"")
 
 
@@ -87,35 +95,79 @@ def _metadata(decision: Decision, client_ip: str, policy_meta: bytes) -> bytes:
         out += wire.metadata_entry("api_key", decision.api_key_id)
     if decision.deny is not None:
         out += wire.metadata_entry("reason", decision.deny.reason.value)
+    elif decision.shadow is not None:
+        out += wire.metadata_entry("shadow_reason", decision.shadow.reason.value)
     return out
 
 
-def render(decision: Decision, client_ip: str) -> bytes:
-    policy_header, policy_meta = _policy_pieces(decision.policy)
+def render(
+    decision: Decision,
+    client_ip: str,
+    request_headers: Mapping[str, str],
+    *,
+    metadata: bool = True,
+) -> bytes:
+    """The CheckResponse for a decision.
+
+    Denials and shadow would-be denials always carry the decision as dynamic
+    metadata (Envoy copies it into its access log); plain allows only when
+    ``metadata`` is set: when the policy counts responses (the access-log stream
+    then needs to know who each request was) or the operator asked for it on
+    every request (``ABUSE_SIDECAR_DECISION_METADATA=always``). Envoy parses,
+    stores and logs every metadata field, on every request."""
     if decision.deny is not None:
+        policy_meta = _policy_pieces(decision.policy)[1]
         return _denied(decision, decision.deny, _metadata(decision, client_ip, policy_meta))
+    forged = forged_headers(request_headers)
+    plain = not (metadata or forged or decision.shadow or decision.response_headers)
+    if plain:
+        # The common allow depends on nothing request-specific but who the caller
+        # is: the same few (policy, risk, subject, plan, flags) answer most Checks.
+        key = (decision.policy, decision.risk, decision.subject, decision.plan, decision.flags)
+        cached = _plain_allows.get(key)
+        if cached is not None:
+            return cached
+        response = _allow(decision, client_ip, (), False)
+        if len(_plain_allows) >= _PLAIN_ALLOWS_MAX:
+            _plain_allows.clear()
+        _plain_allows[key] = response
+        return response
+    return _allow(decision, client_ip, forged, metadata)
+
+
+_PLAIN_ALLOWS_MAX = 16_384
+_plain_allows: dict[tuple[str, int, str | None, str | None, tuple[str, ...]], bytes] = {}
+
+
+def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], metadata: bool) -> bytes:
+    policy_header, policy_meta = _policy_pieces(decision.policy)
     ok = policy_header + _RISK_HEADER[_clamp_risk(decision.risk)]
-    absent = 0
-    for bit, value in enumerate(
-        (
-            decision.subject,
-            decision.plan,
-            ",".join(decision.flags),
-            decision.shadow.reason.value if decision.shadow else "",
-        )
-    ):
+    values = (
+        decision.subject,
+        decision.plan,
+        ",".join(decision.flags),
+        decision.shadow.reason.value if decision.shadow else "",
+    )
+    for name, value in zip(_OPTIONAL, values, strict=True):
         if value:
-            ok += wire.length_delimited(wire.OK_HEADERS, wire.header_option(_OPTIONAL[bit], value))
-        else:
-            absent |= 1 << bit
-    ok += _REMOVE[absent]
+            ok += wire.length_delimited(wire.OK_HEADERS, wire.header_option(name, value))
+    if forged:
+        # Headers we set overwrite the client's copy; the others must go.
+        ours = {name for name, value in zip(_OPTIONAL, values, strict=True) if value}
+        ok += wire.headers_to_remove(
+            name for name in forged if name not in ours and name not in _ALWAYS_SET
+        )
     if decision.response_headers:
         ok += wire.response_headers_to_add(
             wire.header_option(k, v) for k, v in decision.response_headers
         )
-    return wire.check_response(
-        code_pb2.OK, wire.CHECK_OK, ok, _metadata(decision, client_ip, policy_meta)
-    )
+    meta = b""
+    if metadata or decision.shadow is not None:
+        meta = _metadata(decision, client_ip, policy_meta)
+    return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, meta)
+
+
+_ALWAYS_SET = frozenset(("x-abuse-policy", "x-abuse-risk"))
 
 
 def deny_body(deny: Deny, policy: str) -> tuple[str, bytes]:

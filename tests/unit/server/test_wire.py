@@ -32,7 +32,8 @@ def test_allow_carries_upstream_headers_removals_and_metadata() -> None:
         flags=("review-spammers", "night-owls"),
         response_headers=(("ratelimit", '"a";r=1;t=2'),),
     )
-    response = CheckResponse.FromString(responses.render(decision, "203.0.113.9"))
+    forged = {"x-abuse-reason": "x", "x-abuse-subject": "mallory", "x-abuse-shadow": "x"}
+    response = CheckResponse.FromString(responses.render(decision, "203.0.113.9", forged))
     assert response.status.code == 0
     assert response.WhichOneof("http_response") == "ok_response"
     assert _ok_headers(response) == {
@@ -46,7 +47,7 @@ def test_allow_carries_upstream_headers_removals_and_metadata() -> None:
         h.append_action == HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
         for h in response.ok_response.headers
     )
-    assert list(response.ok_response.headers_to_remove) == ["x-abuse-reason", "x-abuse-shadow"]
+    assert set(response.ok_response.headers_to_remove) == {"x-abuse-reason", "x-abuse-shadow"}
     assert [
         (h.header.key, h.header.value) for h in response.ok_response.response_headers_to_add
     ] == [("ratelimit", '"a";r=1;t=2')]
@@ -61,9 +62,10 @@ def test_allow_carries_upstream_headers_removals_and_metadata() -> None:
     }
 
 
-def test_anonymous_allow_removes_every_unset_owned_header() -> None:
+def test_anonymous_allow_removes_every_forged_owned_header() -> None:
+    forged = {name: "forged" for name in responses.OWNED_HEADERS}
     response = CheckResponse.FromString(
-        responses.render(Decision(allowed=True, policy="a/b"), "::1")
+        responses.render(Decision(allowed=True, policy="a/b"), "::1", forged)
     )
     assert _ok_headers(response) == {"x-abuse-policy": "a/b", "x-abuse-risk": "0"}
     assert set(response.ok_response.headers_to_remove) == {
@@ -75,10 +77,42 @@ def test_anonymous_allow_removes_every_unset_owned_header() -> None:
     }
 
 
+def test_a_clean_request_gets_no_removals_and_no_metadata_unless_asked() -> None:
+    decision = Decision(allowed=True, policy="a/b", subject="alice")
+    clean = {":path": "/", "x-request-id": "1"}
+    response = CheckResponse.FromString(
+        responses.render(decision, "192.0.2.1", clean, metadata=False)
+    )
+    assert _ok_headers(response) == {
+        "x-abuse-policy": "a/b",
+        "x-abuse-risk": "0",
+        "x-abuse-subject": "alice",
+    }
+    assert list(response.ok_response.headers_to_remove) == []
+    assert not response.HasField("dynamic_metadata")
+    asked = CheckResponse.FromString(responses.render(decision, "192.0.2.1", clean))
+    assert json_format.MessageToDict(asked.dynamic_metadata)["subject"] == "alice"
+
+
+def test_denials_and_shadow_denials_always_carry_metadata() -> None:
+    shadow = Deny(Reason.HONEYPOT, "honeypots", "x")
+    for decision in (
+        Decision(allowed=False, policy="a/b", deny=shadow),
+        Decision(allowed=True, policy="a/b", shadow=shadow),
+    ):
+        response = CheckResponse.FromString(
+            responses.render(decision, "192.0.2.1", {}, metadata=False)
+        )
+        meta = json_format.MessageToDict(response.dynamic_metadata)
+        assert meta["policy"] == "a/b"
+        assert meta["client_ip"] == "192.0.2.1"
+        assert "honeypot" in (meta.get("reason"), meta.get("shadow_reason"))
+
+
 def test_shadow_reports_the_would_be_reason() -> None:
     shadow = Deny(Reason.HONEYPOT, "honeypots", "x")
     response = CheckResponse.FromString(
-        responses.render(Decision(allowed=True, policy="a/b", shadow=shadow), "1.2.3.4")
+        responses.render(Decision(allowed=True, policy="a/b", shadow=shadow), "1.2.3.4", {})
     )
     assert _ok_headers(response)["x-abuse-shadow"] == "honeypot"
 
@@ -91,7 +125,7 @@ def test_denials_carry_status_reason_headers_and_problem_json() -> None:
         deny=deny,
         response_headers=(("ratelimit-policy", '"login";q=10;w=60'),),
     )
-    response = CheckResponse.FromString(responses.render(decision, "198.51.100.1"))
+    response = CheckResponse.FromString(responses.render(decision, "198.51.100.1", {}))
     denied = response.denied_response
     assert response.status.code == 7  # PERMISSION_DENIED
     assert denied.status.code == 429
@@ -114,7 +148,8 @@ def test_denials_carry_status_reason_headers_and_problem_json() -> None:
 def test_401_and_503_use_matching_grpc_codes() -> None:
     for reason, grpc_code in ((Reason.INVALID_CREDENTIALS, 16), (Reason.STORE_UNAVAILABLE, 14)):
         decision = Decision(allowed=False, policy="a/b", deny=Deny(reason, "r", "d"))
-        assert CheckResponse.FromString(responses.render(decision, "")).status.code == grpc_code
+        response = CheckResponse.FromString(responses.render(decision, "", {}))
+        assert response.status.code == grpc_code
 
 
 def test_graphql_denials_have_a_graphql_shaped_body() -> None:
@@ -125,7 +160,7 @@ def test_graphql_denials_have_a_graphql_shaped_body() -> None:
         extensions={"cost": 2000, "maxCost": 1000},
     )
     response = CheckResponse.FromString(
-        responses.render(Decision(allowed=False, policy="a/b", deny=deny), "")
+        responses.render(Decision(allowed=False, policy="a/b", deny=deny), "", {})
     )
     assert json.loads(response.denied_response.body) == {
         "errors": [
@@ -148,7 +183,7 @@ def test_any_decision_round_trips(
     policy: str, ip: str, subject: str | None, risk: int, flags: list[str]
 ) -> None:
     decision = Decision(allowed=True, policy=policy, subject=subject, risk=risk, flags=tuple(flags))
-    response = CheckResponse.FromString(responses.render(decision, ip))
+    response = CheckResponse.FromString(responses.render(decision, ip, {}))
     headers = _ok_headers(response)
     assert headers["x-abuse-policy"] == policy
     assert headers["x-abuse-risk"] == str(min(100, max(0, risk)))
@@ -166,7 +201,12 @@ def test_varint_matches_protobuf(value: int) -> None:
 
 
 def test_no_policy_and_malformed_responses() -> None:
-    none = CheckResponse.FromString(responses.allow_without_policy())
+    none = CheckResponse.FromString(responses.allow_without_policy({}))
     assert _ok_headers(none) == {"x-abuse-policy": "none"}
+    assert list(none.ok_response.headers_to_remove) == []
+    forged = CheckResponse.FromString(responses.allow_without_policy({"x-abuse-plan": "gold"}))
+    assert list(forged.ok_response.headers_to_remove) == ["x-abuse-plan"]
+    unknown = CheckResponse.FromString(responses.allow_without_policy(None))
+    assert "x-abuse-subject" in unknown.ok_response.headers_to_remove
     bad = CheckResponse.FromString(responses.malformed_request())
     assert bad.denied_response.status.code == 400

@@ -32,6 +32,7 @@ import grpc
 
 from sidecar.errors import ConfigurationError
 from sidecar.observability import metrics
+from sidecar.protowire import double_field, int_field, length_delimited, prefixed, varint
 
 log = logging.getLogger("sidecar.tracing")
 
@@ -49,34 +50,13 @@ AttributeValue = str | bool | int | float | Sequence[str]
 # -- protobuf wire format ---------------------------------------------------------
 
 
-def _varint_slow(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int64 two's complement, as protobuf encodes negative int64
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# Lengths of names, values and small spans: one lookup instead of a loop.
-_SMALL_VARINTS = tuple(_varint_slow(n) for n in range(1 << 14))
-
-
-def varint(value: int) -> bytes:
-    if 0 <= value < 1 << 14:
-        return _SMALL_VARINTS[value]
-    return _varint_slow(value)
-
-
 def field_bytes(number: int, payload: bytes) -> bytes:
     """A length-delimited field (strings, bytes, embedded messages)."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return length_delimited(number, payload)
 
 
 def field_varint(number: int, value: int) -> bytes:
-    return varint(number << 3) + varint(value)
+    return int_field(number, value)
 
 
 def any_value(value: AttributeValue) -> bytes:
@@ -86,7 +66,7 @@ def any_value(value: AttributeValue) -> bytes:
     if isinstance(value, int):
         return field_varint(3, value)
     if isinstance(value, float):
-        return varint(4 << 3 | 1) + struct.pack("<d", value)
+        return double_field(4, value)
     if isinstance(value, str):
         return field_bytes(1, value.encode("utf-8", "replace"))
     return field_bytes(5, b"".join(field_bytes(1, any_value(item)) for item in value))
@@ -187,7 +167,6 @@ def encode_children(context: bytes, children: list[ChildSpan], offset_ns: int) -
     for all their ids, every helper bound once (a Check has several)."""
     ids = random.randbytes(8 * len(children))  # noqa: S311 -- ids must be unique, not secret
     pack = _TIMES.pack
-    small = _SMALL_VARINTS
     join = b"".join
     out = []
     for index, (name_kind, start, end, attributes, status) in enumerate(children):
@@ -206,8 +185,7 @@ def encode_children(context: bytes, children: list[ChildSpan], offset_ns: int) -
                 status,
             )
         )
-        size = len(body)
-        out.append(b"\x12" + (small[size] if size < 1 << 14 else _varint_slow(size)) + body)
+        out.append(b"\x12" + prefixed(body))
     return out
 
 

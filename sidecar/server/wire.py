@@ -12,48 +12,13 @@ google.rpc) are stable parts of published APIs.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
-_LEN = 2  # wire type: length-delimited
-_VARINT = 0
-_FIXED64 = 1
+from sidecar.protowire import double_field, int_field, length_delimited, string, varint
+
+__all__ = ["length_delimited", "varint"]  # primitives the response builders use too
 
 OVERWRITE_IF_EXISTS_OR_ADD = 2  # HeaderValueOption.HeaderAppendAction
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def tag(number: int, wire_type: int) -> bytes:
-    return varint((number << 3) | wire_type)
-
-
-def length_delimited(number: int, payload: bytes) -> bytes:
-    return tag(number, _LEN) + varint(len(payload)) + payload
-
-
-def string(number: int, text: str) -> bytes:
-    return length_delimited(number, text.encode("utf-8", "replace"))
-
-
-def int_field(number: int, value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int32/int64 negatives are ten-byte varints
-    return tag(number, _VARINT) + varint(value)
-
-
-def double_field(number: int, value: float) -> bytes:
-    return tag(number, _FIXED64) + struct.pack("<d", value)
 
 
 # -- messages ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ segment tuples matched without regular expressions. Matching is case-sensitive.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 
@@ -73,6 +73,10 @@ class PathSet:
     exact: frozenset[str]
     wildcards: tuple[_Wildcard, ...]
     any_path: bool  # the list was empty: every path matches
+    # Wildcards by their first segment when it is literal: a path is only tried
+    # against those sharing its first segment, plus the ones starting with "*".
+    by_first: dict[str, tuple[_Wildcard, ...]] = field(default_factory=dict, hash=False)
+    open_first: tuple[_Wildcard, ...] = ()
 
     @classmethod
     def compile(cls, patterns: Iterable[str], *, empty_matches_all: bool = True) -> PathSet:
@@ -87,7 +91,21 @@ class PathSet:
                 exact.add(normal)
                 # "/reviews" and "/reviews/" name the same resource for users.
                 exact.add(normal.rstrip("/") or "/")
-        return cls(frozenset(exact), tuple(wildcards), empty_matches_all and not patterns)
+        by_first: dict[str, list[_Wildcard]] = {}
+        open_first: list[_Wildcard] = []
+        for wildcard in wildcards:
+            first = wildcard.segments[0] if wildcard.segments else "*"
+            if first == "*":
+                open_first.append(wildcard)
+            else:
+                by_first.setdefault(first, []).append(wildcard)
+        return cls(
+            frozenset(exact),
+            tuple(wildcards),
+            empty_matches_all and not patterns,
+            {first: tuple(group) for first, group in by_first.items()},
+            tuple(open_first),
+        )
 
     def matches(self, path: str) -> bool:
         if self.any_path or path in self.exact:
@@ -97,7 +115,14 @@ class PathSet:
         if len(path) > 1 and path.endswith("/") and path[:-1] in self.exact:
             return True
         parts = path.strip("/").split("/") if path != "/" else []
-        return any(_match(wildcard, parts) for wildcard in self.wildcards)
+        candidates = self.by_first.get(parts[0], ()) if parts else ()
+        for wildcard in candidates:
+            if _match(wildcard, parts):
+                return True
+        for wildcard in self.open_first:  # noqa: SIM110 -- any(genexpr) costs more per Check
+            if _match(wildcard, parts):
+                return True
+        return False
 
 
 def _match(wildcard: _Wildcard, parts: list[str]) -> bool:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
@@ -37,7 +37,7 @@ from sidecar.observability import otlp
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.step import Step
 from sidecar.pipeline.verdict import Decision, Deny
-from sidecar.stores.base import CohortMember, Operation, OpResult, Store, StorePlan
+from sidecar.stores.base import Operation, OpResult, Store, StorePlan
 
 CHECK_SPAN = "abuse_sidecar.check"
 STORE_SPAN = "abuse_sidecar.store"
@@ -140,7 +140,9 @@ async def start_tracing(endpoint: str, sampling: float) -> Tracing:
 class CheckTrace:
     """The spans of one sampled Check, kept as timestamps until ``finish``.
 
-    Implements ``sidecar.pipeline.engine.PipelineTrace``."""
+    Implements ``sidecar.pipeline.engine.PipelineTrace``: the engine hands each step
+    and the store call through it, and it records a plain list per span (no object
+    per step), encoded once in ``finish``."""
 
     __slots__ = (
         "_child_context",
@@ -150,9 +152,9 @@ class CheckTrace:
         "_exporter",
         "_offset",
         "_start",
+        "_steps",
         "_stores",
         "span_id",
-        "steps",
         "trace_id",
     )
 
@@ -174,7 +176,8 @@ class CheckTrace:
         self._start = _perf_ns()
         # Spans are timed with perf_counter_ns (monotonic, cheap); this maps to Unix time.
         self._offset = time.time_ns() - self._start
-        self.steps: list[TracedStep] = []
+        # One [name, start, end, operations, deny, phase] per step, in evaluation order.
+        self._steps: list[list[Any]] = []
         self._stores: list[otlp.ChildSpan] = []  # store calls, as they end
         self._error = ""
 
@@ -188,16 +191,42 @@ class CheckTrace:
 
     # -- PipelineTrace ------------------------------------------------------------
 
-    def instrument(
-        self, steps: tuple[Step, ...], active_blocks: Step | None, store: Store, fallback: Store
-    ) -> tuple[tuple[Step, ...], Step | None, Store, Store]:
-        """The same pipeline, each step and store call recording its span here."""
-        return (
-            tuple([TracedStep(step, self) for step in steps]),
-            TracedStep(active_blocks, self) if active_blocks is not None else None,
-            TracedStore(store, self, fallback=False),
-            TracedStore(fallback, self, fallback=True),
-        )
+    def evaluate(self, step: Step, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
+        """A step's span is timed by its local phase."""
+        before = len(ops)
+        start = _perf_ns()
+        deny = step.evaluate(ctx, ops)
+        self._steps.append([step.name, start, _perf_ns(), len(ops) - before, deny, "local"])
+        return deny
+
+    def settled(self, index: int, deny: Deny) -> None:
+        """A deny found when the step settled the store results goes on the same span."""
+        record = self._steps[index]
+        if record[4] is None:
+            record[4] = deny
+            record[5] = "store"
+
+    async def execute(
+        self, store: Store, plan: StorePlan, *, fallback: bool
+    ) -> tuple[OpResult | None, ...]:
+        start = _perf_ns()
+        try:
+            results = await store.execute(plan)
+        except BaseException as exc:
+            self._store_span(store.name, fallback, len(plan.operations), start, type(exc).__name__)
+            raise
+        self._store_span(store.name, fallback, len(plan.operations), start, "")
+        return results
+
+    def _store_span(
+        self, store: str, fallback: bool, operations: int, start: int, error: str
+    ) -> None:
+        status = b""
+        attributes = _store_attributes(store, operations, fallback)
+        if error:
+            attributes += _attr("error.type", error)
+            status = otlp.status_error(error)
+        self._stores.append((_STORE_NAME, start, _perf_ns(), attributes, status))
 
     # -- the check span -----------------------------------------------------------
 
@@ -209,35 +238,24 @@ class CheckTrace:
         """End the check span and hand every span of this Check to the exporter."""
         end = _perf_ns()
         children = self._stores
-        for step in self.steps:
-            children.append(step.span())
-        # Steps point back at this trace: without this the pair is a reference cycle
-        # per Check, left for the garbage collector instead of freed right away.
-        self.steps.clear()
+        for name, start, step_end, operations, deny, phase in self._steps:
+            if deny is None:
+                attributes = _step_parts(name)[1]
+            else:
+                attributes = _step_denied(name, deny.reason.value, deny.rule, phase)
+            if operations:
+                attributes += _attr("abuse_sidecar.store.operations", operations)
+            children.append((_step_parts(name)[0], start, step_end, attributes, b""))
         spans = otlp.encode_children(self._child_context, children, self._offset)
         ctx = self._ctx
-        attributes = [_attr("http.request.method", ctx.method)]
+        attributes = _decision_attributes(ctx.method, decision)
         if ctx.client_ip:
-            attributes.append(otlp.string_attribute("client.address", ctx.client_ip))
-        if decision is not None:
-            attributes.append(_attr("abuse_sidecar.policy", decision.policy))
-            attributes.append(
-                _attr("abuse_sidecar.decision", "allow" if decision.deny is None else "deny")
-            )
-            if decision.deny is not None:
-                attributes.append(_attr("abuse_sidecar.reason", decision.deny.reason.value))
-                attributes.append(_attr("abuse_sidecar.rule", decision.deny.rule))
-            if decision.shadow is not None:
-                attributes.append(
-                    _attr("abuse_sidecar.shadow_reason", decision.shadow.reason.value)
-                )
-                attributes.append(_attr("abuse_sidecar.shadow_rule", decision.shadow.rule))
-            if decision.subject:
-                attributes.append(otlp.string_attribute("abuse_sidecar.subject", decision.subject))
-            attributes.append(_attr("abuse_sidecar.risk", decision.risk))
+            attributes += otlp.string_attribute("client.address", ctx.client_ip)
+        if decision is not None and decision.subject:
+            attributes += otlp.string_attribute("abuse_sidecar.subject", decision.subject)
         status = b""
         if self._error:
-            attributes.append(_attr("error.type", self._error))
+            attributes += _attr("error.type", self._error)
             status = otlp.status_error(self._error)
         spans.append(
             otlp.encode_span(
@@ -246,71 +264,67 @@ class CheckTrace:
                 _CHECK_NAME,
                 self._start + self._offset,
                 end + self._offset,
-                b"".join(attributes),
+                attributes,
                 status,
             )
         )
         self._exporter.add(b"".join(spans), len(spans))
 
-    def store_span(
-        self, store: str, fallback: bool, operations: int, start: int, error: str
-    ) -> None:
-        attributes = _attr("abuse_sidecar.store", store) + _attr(
-            "abuse_sidecar.store.operations", operations
-        )
-        status = b""
-        if fallback:
-            attributes += _attr("abuse_sidecar.store.fallback", True)
-        if error:
-            attributes += _attr("error.type", error)
-            status = otlp.status_error(error)
-        self._stores.append((_STORE_NAME, start, _perf_ns(), attributes, status))
+
+_DecisionKey = tuple[str, str, str, str, str, str, str, int]
+_decision_cache: dict[_DecisionKey, bytes] = {}
+_DECISION_CACHE_MAX = 4096
 
 
-class TracedStep:
-    """A step recording its span: timed by its local phase, verdict from either phase."""
+def _decision_attributes(method: str, decision: Decision | None) -> bytes:
+    """The check span's attributes that come from a small set of values, encoded once
+    per combination: methods, policies, reasons, rules and risks repeat."""
+    if decision is None:
+        return _attr("http.request.method", method)
+    deny, shadow = decision.deny, decision.shadow
+    key = (
+        method,
+        decision.policy,
+        "allow" if deny is None else "deny",
+        deny.reason.value if deny is not None else "",
+        deny.rule if deny is not None else "",
+        shadow.reason.value if shadow is not None else "",
+        shadow.rule if shadow is not None else "",
+        decision.risk,
+    )
+    cached = _decision_cache.get(key)
+    if cached is None:
+        if len(_decision_cache) >= _DECISION_CACHE_MAX:
+            _decision_cache.clear()
+        cached = _decision_cache[key] = _encode_decision(key)
+    return cached
 
-    __slots__ = ("_deny", "_end", "_inner", "_ops", "_phase", "_start", "_trace", "name")
 
-    def __init__(self, inner: Step, trace: CheckTrace) -> None:
-        self._inner = inner
-        self._trace = trace
-        self.name = inner.name
-        self._start = self._end = self._ops = 0
-        self._deny: Deny | None = None
-        self._phase = "local"
+def _encode_decision(key: _DecisionKey) -> bytes:
+    method, policy, verdict, reason, rule, shadow_reason, shadow_rule, risk = key
+    attributes = [
+        _attr("http.request.method", method),
+        _attr("abuse_sidecar.policy", policy),
+        _attr("abuse_sidecar.decision", verdict),
+    ]
+    if verdict == "deny":
+        attributes.append(_attr("abuse_sidecar.reason", reason))
+        attributes.append(_attr("abuse_sidecar.rule", rule))
+    if shadow_reason:
+        attributes.append(_attr("abuse_sidecar.shadow_reason", shadow_reason))
+        attributes.append(_attr("abuse_sidecar.shadow_rule", shadow_rule))
+    attributes.append(_attr("abuse_sidecar.risk", risk))
+    return b"".join(attributes)
 
-    def evaluate(self, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
-        before = len(ops)
-        self._start = _perf_ns()
-        deny = self._inner.evaluate(ctx, ops)
-        self._end = _perf_ns()
-        self._ops = len(ops) - before
-        self._deny = deny
-        self._trace.steps.append(self)
-        return deny
 
-    def settle(self, ctx: RequestContext, results: Sequence[OpResult | None]) -> Deny | None:
-        deny = self._inner.settle(ctx, results)
-        if deny is not None and self._deny is None:
-            self._deny, self._phase = deny, "store"
-        return deny
-
-    def span(self) -> otlp.ChildSpan:
-        name_kind, allowed, denied = _step_parts(self.name)
-        deny = self._deny
-        if deny is None:
-            attributes = allowed
-        else:
-            attributes = (
-                denied
-                + _attr("abuse_sidecar.reason", deny.reason.value)
-                + _attr("abuse_sidecar.rule", deny.rule)
-                + _attr("abuse_sidecar.phase", self._phase)
-            )
-        if self._ops:
-            attributes += _attr("abuse_sidecar.store.operations", self._ops)
-        return name_kind, self._start, self._end, attributes, b""
+@lru_cache(maxsize=64)
+def _store_attributes(store: str, operations: int, fallback: bool) -> bytes:
+    attributes = _attr("abuse_sidecar.store", store) + _attr(
+        "abuse_sidecar.store.operations", operations
+    )
+    if fallback:
+        attributes += _attr("abuse_sidecar.store.fallback", True)
+    return attributes
 
 
 @lru_cache(maxsize=256)
@@ -321,6 +335,16 @@ def _step_parts(name: str) -> tuple[bytes, bytes, bytes]:
         otlp.name_and_kind(STEP_SPAN_PREFIX + name, otlp.KIND_INTERNAL),
         step + _attr("abuse_sidecar.verdict", "allow"),
         step + _attr("abuse_sidecar.verdict", "deny"),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _step_denied(name: str, reason: str, rule: str, phase: str) -> bytes:
+    return (
+        _step_parts(name)[2]
+        + _attr("abuse_sidecar.reason", reason)
+        + _attr("abuse_sidecar.rule", rule)
+        + _attr("abuse_sidecar.phase", phase)
     )
 
 
@@ -347,45 +371,3 @@ _TRACESTATE_MEMBER = re.compile(
     r"(?P<key>[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 )
-
-
-class TracedStore:
-    """A store whose ``execute`` (the one round trip of a Check) records a span."""
-
-    __slots__ = ("_fallback", "_inner", "_trace", "name")
-
-    def __init__(self, inner: Store, trace: CheckTrace, *, fallback: bool) -> None:
-        self._inner = inner
-        self._trace = trace
-        self._fallback = fallback
-        self.name = inner.name
-
-    async def execute(self, plan: StorePlan) -> tuple[OpResult | None, ...]:
-        start = _perf_ns()
-        try:
-            results = await self._inner.execute(plan)
-        except BaseException as exc:
-            self._trace.store_span(
-                self.name, self._fallback, len(plan.operations), start, type(exc).__name__
-            )
-            raise
-        self._trace.store_span(self.name, self._fallback, len(plan.operations), start, "")
-        return results
-
-    async def revoke(self, jti: str, ttl_s: int) -> None:
-        await self._inner.revoke(jti, ttl_s)
-
-    async def unblock(self, policy: str, kind: str, value: str) -> int:
-        return await self._inner.unblock(policy, kind, value)
-
-    async def members(self, policy: str) -> tuple[CohortMember, ...]:
-        return await self._inner.members(policy)
-
-    async def remove_member(self, policy: str, cohort: str, key: str) -> bool:
-        return await self._inner.remove_member(policy, cohort, key)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def close(self) -> None:
-        await self._inner.close()

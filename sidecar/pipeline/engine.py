@@ -38,12 +38,21 @@ _NO_RESULTS: tuple[OpResult | None, ...] = ()
 
 class PipelineTrace(Protocol):
     """Spans of one sampled Check (``observability/tracing.py``). The engine gets None
-    when tracing is off or the Check is not sampled, and then runs exactly as untraced."""
+    when tracing is off or the Check is not sampled, and then runs exactly as untraced:
+    one ``is None`` test per step is all the untraced path pays."""
 
-    def instrument(
-        self, steps: tuple[Step, ...], active_blocks: Step | None, store: Store, fallback: Store
-    ) -> tuple[tuple[Step, ...], Step | None, Store, Store]:
-        """The same steps and stores, each recording its span."""
+    def evaluate(self, step: Step, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
+        """``step.evaluate``, timed: the step's span."""
+        ...
+
+    def settled(self, index: int, deny: Deny) -> None:
+        """The step evaluated ``index``-th denied when it settled the store results."""
+        ...
+
+    async def execute(
+        self, store: Store, plan: StorePlan, *, fallback: bool
+    ) -> tuple[OpResult | None, ...]:
+        """``store.execute``, timed: the store span."""
         ...
 
 
@@ -61,11 +70,6 @@ class Engine:
         shadow = policy.shadow
         steps = policy.steps
         active_blocks = policy.active_blocks
-        store, fallback = self.store, self.fallback
-        if trace is not None:  # once per Check: the untraced path pays nothing per step
-            steps, active_blocks, store, fallback = trace.instrument(
-                steps, active_blocks, store, fallback
-            )
 
         # 1. Local phase.
         ops: list[Operation] = []
@@ -73,7 +77,7 @@ class Engine:
         local: dict[int, Deny] = {}
         for index, step in enumerate(steps):
             start = len(ops)
-            deny = step.evaluate(ctx, ops)
+            deny = step.evaluate(ctx, ops) if trace is None else trace.evaluate(step, ctx, ops)
             spans.append((start, len(ops)))
             if deny is not None:
                 local[index] = deny
@@ -82,7 +86,10 @@ class Engine:
         # Active blocks are settled first but built last: their keys need the subject.
         active_ops: list[Operation] = []
         if active_blocks is not None:
-            active_blocks.evaluate(ctx, active_ops)
+            if trace is None:
+                active_blocks.evaluate(ctx, active_ops)
+            else:
+                trace.evaluate(active_blocks, ctx, active_ops)
         offset = len(active_ops)
 
         # 2. Store phase: one call for everything.
@@ -91,15 +98,20 @@ class Engine:
         if active_ops or ops:
             plan = StorePlan(tuple(active_ops + ops), shadow)
             try:
-                results = await store.execute(plan)
+                if trace is None:
+                    results = await self.store.execute(plan)
+                else:
+                    results = await trace.execute(self.store, plan, fallback=False)
             except StoreUnavailable as exc:
                 if policy.failure_closed:
                     log.warning(
                         "store unavailable, failing closed for %s: %s", policy.id, exc.detail
                     )
                     store_deny = _STORE_DOWN
+                elif trace is None:
+                    results = await self.fallback.execute(plan)
                 else:
-                    results = await fallback.execute(plan)
+                    results = await trace.execute(self.fallback, plan, fallback=True)
             if store_deny is not None:
                 ctx.report("store", "error", failureMode="closed")
                 return self._finish(ctx, policy, store_deny)
@@ -108,14 +120,16 @@ class Engine:
         first: Deny | None = None
         if active_blocks is not None:
             first = active_blocks.settle(ctx, results[:offset])
+            if first is not None and trace is not None:
+                trace.settled(len(spans), first)  # evaluated after the steps
             if first is not None and not shadow:
                 return self._finish(ctx, policy, first)
         for index, (start, end) in enumerate(spans):
-            deny = (
-                steps[index].settle(ctx, _slice(results, offset + start, offset + end))
-                if end > start
-                else None
-            )
+            deny = None
+            if end > start:
+                deny = steps[index].settle(ctx, _slice(results, offset + start, offset + end))
+                if deny is not None and trace is not None:
+                    trace.settled(index, deny)
             if deny is None:
                 deny = local.get(index)
             if deny is not None and first is None:

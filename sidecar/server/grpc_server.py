@@ -47,7 +47,7 @@ class GrpcServer:
         # core then matches the method itself instead of handing every call to the
         # generic path and a lookup in Python.
         check = grpc.unary_unary_rpc_method_handler(
-            self._authorizer.Check,
+            self._authorizer.check,
             request_deserializer=lenient_check_request,
             response_serializer=None,  # the handler answers with encoded bytes (responses.py)
         )

@@ -36,6 +36,8 @@ class Scenario:
     ``done`` reporter, so do not define ``done``."""
     sidecar_args: tuple[str, ...] = ()
     needs_redis: bool = False
+    throughput_target: float | None = 0.80
+    """The issue's target for B/A, or None when the figure is only reported."""
     """Start a redis-server and pass ``--redis-url`` to the sidecar."""
 
 
@@ -102,6 +104,7 @@ register(
         policies=(POLICIES_DIR / "jwt.yaml",),
         default_policy="bench/jwt",
         lua=_jwt_lua("same"),
+        throughput_target=0.75,
     )
 )
 
@@ -116,6 +119,7 @@ register(
         policies=(POLICIES_DIR / "jwt.yaml",),
         default_policy="bench/jwt",
         lua=_jwt_lua("fresh"),
+        throughput_target=None,
     )
 )
 
@@ -141,6 +145,7 @@ register(
         path="/graphql",
         headers={"content-type": "application/json"},
         body=_github_simple_query_body(),
+        throughput_target=None,
     )
 )
 
@@ -158,5 +163,6 @@ register(
         policies=(POLICIES_DIR / "ratelimit.yaml",),
         default_policy="bench/ratelimit",
         needs_redis=True,
+        throughput_target=None,
     )
 )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,10 +30,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
+from bench.grpc_load import drive_checks, process_cpu_seconds
 from bench.scenarios import SCENARIOS
 from tests.harness.noop_authz import start_noop_authz
 from tests.harness.sidecar import start_sidecar
@@ -66,34 +64,11 @@ def envoy_like_request() -> CheckRequest:
     return request
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-async def _drive(target: str, seconds: float, concurrency: int, request: CheckRequest) -> int:
-    channel = grpc.aio.insecure_channel(target)
-    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-    answered = 0
-    deadline = time.monotonic() + seconds
-
-    async def client() -> None:
-        nonlocal answered
-        while time.monotonic() < deadline:
-            await stub.Check(request)
-            answered += 1
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    await channel.close()
-    return answered
-
-
 def _measure(
     target: str, pid: int, seconds: float, concurrency: int, perf_out: Path | None
 ) -> float:
     request = envoy_like_request()
-    asyncio.run(_drive(target, 1.0, concurrency, request))  # warm-up
+    asyncio.run(drive_checks(target, 1.0, concurrency, request))  # warm-up
     perf = None
     if perf_out is not None and shutil.which("perf"):
         perf = subprocess.Popen(
@@ -102,9 +77,9 @@ def _measure(
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-    before = _process_cpu_seconds(pid)
-    answered = asyncio.run(_drive(target, seconds, concurrency, request))
-    used = _process_cpu_seconds(pid) - before
+    before = process_cpu_seconds(pid)
+    answered = asyncio.run(drive_checks(target, seconds, concurrency, request))
+    used = process_cpu_seconds(pid) - before
     if perf is not None:
         perf.send_signal(2)
         perf.wait(30)

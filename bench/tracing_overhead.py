@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import statistics
 import subprocess
 import sys
@@ -45,10 +44,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
+from bench.grpc_load import drive_checks, process_cpu_seconds
 from sidecar.compiled.resources import Resources
 from sidecar.compiled.snapshot import PolicyRegistry
 from sidecar.model.loader import load_file
@@ -175,29 +173,6 @@ async def measure(checks: int, rounds: int, endpoint: str) -> dict[str, list[flo
     return results
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-async def _drive(target: str, seconds: float, concurrency: int, request: CheckRequest) -> int:
-    channel = grpc.aio.insecure_channel(target)
-    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-    answered = 0
-    deadline = time.monotonic() + seconds
-
-    async def client() -> None:
-        nonlocal answered
-        while time.monotonic() < deadline:
-            await stub.Check(request)
-            answered += 1
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    await channel.close()
-    return answered
-
-
 def measure_grpc(seconds: float, rounds: int, endpoint: str) -> dict[str, list[float]]:
     """Sidecar CPU seconds per Check over gRPC, ``serve`` without / with tracing."""
     request = check_request(traceparent=True)
@@ -210,10 +185,10 @@ def measure_grpc(seconds: float, rounds: int, endpoint: str) -> dict[str, list[f
                 extra = ["--otlp-endpoint", endpoint] if name == "on" else []
                 sidecar = start_sidecar(log_dir=Path(tmp), policies=[policy_file], extra_args=extra)
                 try:
-                    asyncio.run(_drive(sidecar.grpc_target, 1.0, 16, request))  # warm-up
-                    before = _process_cpu_seconds(sidecar.process.pid)
-                    answered = asyncio.run(_drive(sidecar.grpc_target, seconds, 16, request))
-                    used = _process_cpu_seconds(sidecar.process.pid) - before
+                    asyncio.run(drive_checks(sidecar.grpc_target, 1.0, 16, request))  # warm-up
+                    before = process_cpu_seconds(sidecar.process.pid)
+                    answered = asyncio.run(drive_checks(sidecar.grpc_target, seconds, 16, request))
+                    used = process_cpu_seconds(sidecar.process.pid) - before
                 finally:
                     sidecar.stop()
                 per_check.append(used / answered)

@@ -22,14 +22,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from sidecar.iprep.build import build_mmdb
 from sidecar.iprep.client_ip import client_ip
 from sidecar.iprep.mmdb import GeoIpDatabases
 from sidecar.model.policy import IpReputationSpec
 from sidecar.pipeline.context import RequestContext
 from sidecar.steps.ip_reputation import build_ip_reputation_step
+from tests.shared_data import mmdb_dir
 
-DEFAULT_MMDB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "mmdb"
+DEFAULT_MMDB_DIR = mmdb_dir()  # ../shared/testdata/mmdb, else the copy in tests/data
 ROUNDS = 7
 
 

@@ -99,6 +99,9 @@ class CompiledKey:
 
     def value(self, ctx: RequestContext) -> str | None:
         """``ip=1.2.3.4|subject=alice``-style key, or None if any dimension is missing."""
+        if len(self.extractors) == 1:  # the common case (by: [ip]), on every Check
+            single = self.extractors[0](ctx)
+            return None if single is None else f"{self.dimensions[0]}={single}"
         parts: list[str] = []
         for dimension, extract in zip(self.dimensions, self.extractors, strict=True):
             value = extract(ctx)

@@ -50,6 +50,9 @@ class RequestContext:
     flags: list[str] = field(default_factory=list)
     graphql_cost: int = 0
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    # What a step worked out in its local phase and needs again when it settles,
+    # by step name (steps themselves are shared by every request).
+    carry: dict[str, Any] = field(default_factory=dict)
 
     # Explanation, filled only when ``explain`` is on (check, Explain, debug logs).
     explain: bool = False

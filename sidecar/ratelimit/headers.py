@@ -18,6 +18,7 @@ the effective window (draft section 6).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 POLICY_HEADER = "RateLimit-Policy"
 LIMIT_HEADER = "RateLimit"
@@ -29,6 +30,7 @@ def seconds(ms: int) -> int:
     return max(0, -(-ms // 1000))
 
 
+@lru_cache(maxsize=1024)  # rule names: a small, fixed set per policy
 def sf_string(value: str) -> str:
     """An RFC 9651 String: quoted, with ``\\`` and ``"`` escaped (printable ASCII only)."""
     if not value.isascii() or not value.isprintable():
@@ -36,6 +38,7 @@ def sf_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@lru_cache(maxsize=4096)  # the same few (rule, effective limit, window) on every response
 def policy_item(name: str, quota: int, window_s: int) -> str:
     return f"{sf_string(name)};q={max(0, quota)};w={max(1, window_s)}"
 

@@ -105,6 +105,7 @@ class RateLimitStep:
 
     def evaluate(self, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
         found = self._matches(ctx)
+        ctx.carry[STEP] = found  # settle reads it back instead of matching again
         if not found:
             ctx.report(STEP, "skip", limits=[])
             return None
@@ -129,7 +130,9 @@ class RateLimitStep:
         result = results[0] if results else None
         if not isinstance(result, LimitResult):
             return None  # not run: an earlier operation (a block, a revocation) denied
-        found = self._matches(ctx)
+        found = ctx.carry.get(STEP)
+        if found is None:
+            found = self._matches(ctx)
         policy_items = [rule.policy_item(limit) for rule, _, limit in found]
         limit_items: list[str] = []
         denying: tuple[CompiledLimit, LimitState] | None = None

@@ -12,9 +12,10 @@ import pytest
 from conftest import NAMESPACE, RELEASE, ROOT, Render
 from k8s_apiserver import KubeApiServer, load_crd
 from kubernetes import client
+from shared_data import shared_testdata
 
 CRD = ROOT / "charts" / "abuse-sidecar" / "crds" / "abusepolicies.yaml"
-FALLBACK_CRD = ROOT.parent / "shared" / "testdata" / "k8s" / "crd.yaml"
+FALLBACK_CRD = shared_testdata("k8s") / "crd.yaml"
 GROUP, VERSION, PLURAL = "abuse.sidecar.dev", "v1alpha1", "abusepolicies"
 RBAC_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 

@@ -4,7 +4,6 @@ user runs them (the installed console script, in a subprocess)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,12 +12,9 @@ from typing import Any
 
 import pytest
 
-MMDB_DIR = Path(
-    os.environ.get(
-        "ABUSE_SIDECAR_MMDB_TESTDATA",
-        Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mmdb",
-    )
-)
+from tests.shared_data import mmdb_dir
+
+MMDB_DIR = mmdb_dir()
 
 POLICY = """
 apiVersion: abuse.sidecar.dev/v1alpha1

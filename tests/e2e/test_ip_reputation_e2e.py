@@ -25,15 +25,11 @@ from tests.harness.ports import free_port
 from tests.harness.sidecar import SidecarProcess, sidecar_command
 from tests.harness.stack import Stack
 from tests.harness.upstream import UpstreamServer
+from tests.shared_data import mmdb_dir
 
 pytestmark = pytest.mark.e2e
 
-MMDB_DIR = Path(
-    os.environ.get(
-        "ABUSE_SIDECAR_MMDB_TESTDATA",
-        Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mmdb",
-    )
-)
+MMDB_DIR = mmdb_dir()
 
 # From the test data README.
 IP_TOR = "65.0.0.1"  # anonymous + tor, no country, no ASN

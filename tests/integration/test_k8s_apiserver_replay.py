@@ -43,10 +43,9 @@ from k8s_apiserver import (
     KubeApiServer,
     load_crd,
 )
+from shared_data import shared_testdata
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "k8s"
-if not TESTDATA.is_dir():  # the checkout sits beside shared/ (CI), or /work/shared
-    TESTDATA = Path("/work/shared/testdata/k8s")
+TESTDATA = shared_testdata("k8s")
 SCALE = 0.1
 GROUP, VERSION, PLURAL = "abuse.sidecar.dev", "v1alpha1", "abusepolicies"
 

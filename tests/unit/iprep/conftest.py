@@ -1,23 +1,20 @@
 """Fixtures for IP intelligence tests: MaxMind's published test databases.
 
-``mmdb`` maps a short name to each file of ``../shared/testdata/mmdb/`` (its README
-lists which address is Tor, VPN, which country and which ASN in them);
+``mmdb`` maps a short name to each file of ``../shared/testdata/mmdb/`` (or of the
+copy in ``tests/data/mmdb/``; its README lists which address is Tor, VPN, which
+country and which ASN in them);
 ``test_databases`` is the set a sidecar would typically load.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-MMDB_DIR = Path(
-    os.environ.get(
-        "ABUSE_SIDECAR_MMDB_TESTDATA",
-        Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "mmdb",
-    )
-)
+from tests.shared_data import mmdb_dir
+
+MMDB_DIR = mmdb_dir()
 FILES = {
     "anonymous": "GeoIP2-Anonymous-IP-Test.mmdb",
     "country": "GeoIP2-Country-Test.mmdb",

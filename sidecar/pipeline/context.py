@@ -51,8 +51,9 @@ class RequestContext:
     graphql_cost: int = 0
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     # What a step worked out in its local phase and needs again when it settles,
-    # by step name (steps themselves are shared by every request).
-    carry: dict[str, Any] = field(default_factory=dict)
+    # by step name (steps themselves are shared by every request). Created by the
+    # first step that needs it: most Checks never do.
+    carry: dict[str, Any] | None = None
 
     # Explanation, filled only when ``explain`` is on (check, Explain, debug logs).
     explain: bool = False

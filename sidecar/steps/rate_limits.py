@@ -105,6 +105,8 @@ class RateLimitStep:
 
     def evaluate(self, ctx: RequestContext, ops: list[Operation]) -> Deny | None:
         found = self._matches(ctx)
+        if ctx.carry is None:
+            ctx.carry = {}
         ctx.carry[STEP] = found  # settle reads it back instead of matching again
         if not found:
             ctx.report(STEP, "skip", limits=[])
@@ -130,7 +132,7 @@ class RateLimitStep:
         result = results[0] if results else None
         if not isinstance(result, LimitResult):
             return None  # not run: an earlier operation (a block, a revocation) denied
-        found = ctx.carry.get(STEP)
+        found = ctx.carry.get(STEP) if ctx.carry is not None else None
         if found is None:
             found = self._matches(ctx)
         policy_items = [rule.policy_item(limit) for rule, _, limit in found]

@@ -258,6 +258,9 @@ class EnvoyConfig:
     access_log: bool = True
     access_log_name: str = "abuse-sidecar"
     access_log_flush_ms: int = 1000
+    access_log_request_headers: tuple[str, ...] = ()
+    """Request headers each access-log entry carries: those that response cohorts
+    key on (``by: header:<name>``). Never name a credential header here."""
     xff_num_trusted_hops: int = 0
     skip_xff_append: bool = True
     strip_client_abuse_headers: bool = True
@@ -449,14 +452,13 @@ def _grpc_access_log(config: EnvoyConfig) -> dict[str, Any]:
         "transport_api_version": "V3",
         "buffer_flush_interval": _duration_ms(config.access_log_flush_ms),
     }
-    return {
-        "name": "envoy.access_loggers.http_grpc",
-        "typed_config": {
-            "@type": _ALS_TYPE,
-            "common_config": common,
-            "additional_response_headers_to_log": ["x-abuse-reason", "retry-after"],
-        },
-    }
+    typed: dict[str, Any] = {"@type": _ALS_TYPE, "common_config": common}
+    if config.access_log_request_headers:
+        typed["additional_request_headers_to_log"] = [
+            name.lower() for name in config.access_log_request_headers
+        ]
+    typed["additional_response_headers_to_log"] = ["x-abuse-reason", "retry-after"]
+    return {"name": "envoy.access_loggers.http_grpc", "typed_config": typed}
 
 
 def _default_routes(config: EnvoyConfig) -> tuple[Route, ...]:

@@ -444,6 +444,7 @@ def test_envoy_config_wires_ext_authz_and_the_access_log_stream(
             "workers": 2,
             "envoy__upstream__host": "reviews.shop.svc",
             "envoy__graphqlPaths": [],
+            "envoy__accessLogRequestHeaders": ["X-Tenant-ID", "x-client-version"],
         },
     ],
     ids=["deployment-defaults", "deployment-tuned", "sidecar"],
@@ -478,6 +479,7 @@ def test_envoy_configmap_equals_the_generator(render: Render, settings: dict[str
             body=envoy_config.BodySettings(max_request_bytes=value("envoy__maxRequestBytes")),
             graphql_paths=tuple(value("envoy__graphqlPaths")),
             access_log=value("envoy__accessLog"),
+            access_log_request_headers=tuple(value("envoy__accessLogRequestHeaders")),
             xff_num_trusted_hops=value("envoy__xffNumTrustedHops"),
         )
     )

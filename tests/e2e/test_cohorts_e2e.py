@@ -179,3 +179,46 @@ def test_admin_api_lists_and_ends_memberships(
     assert removed.json()["removed"] is True
     assert _get(envoy.url("/products")).status_code == 200
     assert gauge.replace("1.0", "0.0") in sidecar.metrics()
+
+
+TENANT_POLICY = """
+apiVersion: abuse.sidecar.dev/v1alpha1
+kind: AbusePolicy
+metadata: {{name: tenants, namespace: demo}}
+spec:
+  hosts: [{host}]
+  cohorts:
+    - name: forbidden-tenants
+      match: {{paths: [/deny-403]}}
+      responseCodes: [403]
+      by: header:x-tenant-id
+      threshold: 2
+      period: 1m
+      action: block
+      for: 5s
+"""
+
+
+def test_a_response_cohort_keyed_by_a_request_header_the_access_log_carries(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """``by: header:<name>`` on responses works once Envoy logs that request header
+    (``access_log_request_headers``; chart value ``envoy.accessLogRequestHeaders``)."""
+    (tmp_path / "tenants.yaml").write_text(TENANT_POLICY.format(host=HOST))
+    app = stack.upstream()
+    sidecar = stack.sidecar(policies=[tmp_path])
+    envoy = stack.envoy(
+        sidecar, app, access_log_flush_ms=200, access_log_request_headers=("X-Tenant-ID",)
+    )
+
+    def get(path: str, tenant: str) -> httpx.Response:
+        return httpx.get(envoy.url(path), headers={"host": HOST, "x-tenant-id": tenant}, timeout=10)
+
+    for _ in range(2):
+        assert get("/deny-403", "acme").status_code == 403  # the upstream's 403s
+    blocked = _eventually(lambda: get("/products", "acme").status_code == 403)
+    assert blocked, "two upstream 403s did not put tenant acme in the cohort"
+    denial = get("/products", "acme")
+    assert denial.headers["x-abuse-reason"] == "cohort_blocked"
+    # Another tenant from the same address is a different key.
+    assert get("/products", "globex").status_code == 200

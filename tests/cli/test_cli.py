@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,18 @@ def test_check_with_an_invalid_policy_is_a_usage_error() -> None:
 
 def test_unknown_command_is_a_usage_error() -> None:
     assert run("frobnicate").returncode == 2
+
+
+def test_serve_refuses_an_unknown_decision_metadata_mode() -> None:
+    exe = shutil.which("abuse-sidecar", path=str(Path(sys.executable).parent))
+    assert exe
+    result = subprocess.run(
+        [exe, "serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "ABUSE_SIDECAR_DECISION_METADATA": "sometimes"},
+    )
+    assert result.returncode == 2
+    assert "ABUSE_SIDECAR_DECISION_METADATA must be auto or always" in result.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 
-WIRE_VARINT = 0
 WIRE_FIXED64 = 1
 WIRE_LEN = 2
 
@@ -41,15 +40,9 @@ def varint(value: int) -> bytes:
     return _varint_slow(value)
 
 
-def tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
 def length_delimited(number: int, payload: bytes) -> bytes:
     """A length-delimited field: strings, bytes, embedded messages."""
-    size = len(payload)
-    length = _SMALL_VARINTS[size] if size < 1 << 14 else _varint_slow(size)
-    return varint(number << 3 | WIRE_LEN) + length + payload
+    return varint(number << 3 | WIRE_LEN) + prefixed(payload)
 
 
 def string(number: int, text: str) -> bytes:

@@ -239,13 +239,14 @@ class CheckTrace:
         end = _perf_ns()
         children = self._stores
         for name, start, step_end, operations, deny, phase in self._steps:
+            name_kind, allowed, _ = _step_parts(name)
             if deny is None:
-                attributes = _step_parts(name)[1]
+                attributes = allowed
             else:
                 attributes = _step_denied(name, deny.reason.value, deny.rule, phase)
             if operations:
                 attributes += _attr("abuse_sidecar.store.operations", operations)
-            children.append((_step_parts(name)[0], start, step_end, attributes, b""))
+            children.append((name_kind, start, step_end, attributes, b""))
         spans = otlp.encode_children(self._child_context, children, self._offset)
         ctx = self._ctx
         attributes = _decision_attributes(ctx.method, decision)
@@ -272,8 +273,6 @@ class CheckTrace:
 
 
 _DecisionKey = tuple[str, str, str, str, str, str, str, int]
-_decision_cache: dict[_DecisionKey, bytes] = {}
-_DECISION_CACHE_MAX = 4096
 
 
 def _decision_attributes(method: str, decision: Decision | None) -> bytes:
@@ -282,24 +281,21 @@ def _decision_attributes(method: str, decision: Decision | None) -> bytes:
     if decision is None:
         return _attr("http.request.method", method)
     deny, shadow = decision.deny, decision.shadow
-    key = (
-        method,
-        decision.policy,
-        "allow" if deny is None else "deny",
-        deny.reason.value if deny is not None else "",
-        deny.rule if deny is not None else "",
-        shadow.reason.value if shadow is not None else "",
-        shadow.rule if shadow is not None else "",
-        decision.risk,
+    return _encode_decision(
+        (
+            method,
+            decision.policy,
+            "allow" if deny is None else "deny",
+            deny.reason.value if deny is not None else "",
+            deny.rule if deny is not None else "",
+            shadow.reason.value if shadow is not None else "",
+            shadow.rule if shadow is not None else "",
+            decision.risk,
+        )
     )
-    cached = _decision_cache.get(key)
-    if cached is None:
-        if len(_decision_cache) >= _DECISION_CACHE_MAX:
-            _decision_cache.clear()
-        cached = _decision_cache[key] = _encode_decision(key)
-    return cached
 
 
+@lru_cache(maxsize=4096)
 def _encode_decision(key: _DecisionKey) -> bytes:
     method, policy, verdict, reason, rule, shadow_reason, shadow_rule, risk = key
     attributes = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -30,19 +31,8 @@ def _headers(http: Any) -> Mapping[str, str]:
 
 
 _NO_EXTENSIONS: Mapping[str, str] = MappingProxyType({})
-_hosts: dict[str, str] = {}
-_HOSTS_MAX = 4096
-
-
-def _host(authority: str) -> str:
-    # A deployment serves a handful of authorities: normalise each once.
-    host = _hosts.get(authority)
-    if host is None:
-        host = normalize_host(authority)
-        if len(_hosts) >= _HOSTS_MAX:
-            _hosts.clear()
-        _hosts[authority] = host
-    return host
+# A deployment serves a handful of authorities: normalise each once.
+_host = lru_cache(maxsize=4096)(normalize_host)
 
 
 def context_from_check(request: Any, *, explain: bool = False) -> RequestContext:

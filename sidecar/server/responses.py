@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 
 from google.rpc import code_pb2
 
@@ -36,14 +37,11 @@ _RETRY_REASONS = (Reason.RATE_LIMITED, Reason.BUDGET_EXHAUSTED, Reason.COHORT_TH
 # -- cached pieces -----------------------------------------------------------------------
 
 _OPTIONAL = ("x-abuse-subject", "x-abuse-plan", "x-abuse-flags", "x-abuse-shadow")
-_RISK_HEADER = tuple(
-    wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-risk", str(risk)))
-    for risk in range(101)
-)
+_RISK_HEADER = tuple(wire.ok_header("x-abuse-risk", str(risk)) for risk in range(101))
 _RISK_META = tuple(wire.metadata_entry("risk", risk) for risk in range(101))
 _ALLOW_META = wire.metadata_entry("decision", "allow")
 _DENY_META = wire.metadata_entry("decision", "deny")
-_NO_POLICY_OK = wire.length_delimited(wire.OK_HEADERS, wire.header_option("x-abuse-policy", "none"))
+_NO_POLICY_OK = wire.ok_header("x-abuse-policy", "none")
 _NO_POLICY = wire.check_response(code_pb2.OK, wire.CHECK_OK, _NO_POLICY_OK, b"")
 _policy_header: dict[str, bytes] = {}
 _policy_meta: dict[str, bytes] = {}
@@ -52,9 +50,7 @@ _policy_meta: dict[str, bytes] = {}
 def _policy_pieces(policy: str) -> tuple[bytes, bytes]:
     header = _policy_header.get(policy)
     if header is None:
-        header = wire.length_delimited(
-            wire.OK_HEADERS, wire.header_option("x-abuse-policy", policy)
-        )
+        header = wire.ok_header("x-abuse-policy", policy)
         _policy_header[policy] = header
         _policy_meta[policy] = wire.metadata_entry("policy", policy)
     return header, _policy_meta[policy]
@@ -119,27 +115,30 @@ def render(
         policy_meta = _policy_pieces(decision.policy)[1]
         return _denied(decision, decision.deny, _metadata(decision, client_ip, policy_meta))
     forged = forged_headers(request_headers)
-    plain = not (metadata or forged or decision.shadow or decision.response_headers)
-    if plain:
-        # The common allow depends on nothing request-specific but who the caller
-        # is: the same few (policy, risk, subject, plan, flags) answer most Checks.
-        key = (decision.policy, decision.risk, decision.subject, decision.plan, decision.flags)
-        cached = _plain_allows.get(key)
-        if cached is not None:
-            return cached
-        response = _allow(decision, client_ip, (), False)
-        if len(_plain_allows) >= _PLAIN_ALLOWS_MAX:
-            _plain_allows.clear()
-        _plain_allows[key] = response
-        return response
-    return _allow(decision, client_ip, forged, metadata)
+    if metadata or forged or decision.shadow or decision.response_headers:
+        return _allow(decision, client_ip, forged, metadata=metadata)
+    # The common allow depends on nothing request-specific but who the caller is:
+    # the same few (policy, risk, subject, plan, flags) answer most Checks.
+    return _plain_allow(
+        decision.policy, decision.risk, decision.subject, decision.plan, decision.flags
+    )
 
 
-_PLAIN_ALLOWS_MAX = 16_384
-_plain_allows: dict[tuple[str, int, str | None, str | None, tuple[str, ...]], bytes] = {}
+# Headers every allow sets, so a forged copy is overwritten rather than removed.
+_ALWAYS_SET = frozenset(("x-abuse-policy", "x-abuse-risk"))
 
 
-def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], metadata: bool) -> bytes:
+@lru_cache(maxsize=16_384)
+def _plain_allow(
+    policy: str, risk: int, subject: str | None, plan: str | None, flags: tuple[str, ...]
+) -> bytes:
+    decision = Decision(
+        allowed=True, policy=policy, subject=subject, plan=plan, risk=risk, flags=flags
+    )
+    return _allow(decision, "", (), metadata=False)
+
+
+def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], *, metadata: bool) -> bytes:
     policy_header, policy_meta = _policy_pieces(decision.policy)
     ok = policy_header + _RISK_HEADER[_clamp_risk(decision.risk)]
     values = (
@@ -148,15 +147,13 @@ def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], metadata
         ",".join(decision.flags),
         decision.shadow.reason.value if decision.shadow else "",
     )
-    for name, value in zip(_OPTIONAL, values, strict=True):
-        if value:
-            ok += wire.length_delimited(wire.OK_HEADERS, wire.header_option(name, value))
+    ours = [(name, value) for name, value in zip(_OPTIONAL, values, strict=True) if value]
+    for name, value in ours:
+        ok += wire.ok_header(name, value)
     if forged:
         # Headers we set overwrite the client's copy; the others must go.
-        ours = {name for name, value in zip(_OPTIONAL, values, strict=True) if value}
-        ok += wire.headers_to_remove(
-            name for name in forged if name not in ours and name not in _ALWAYS_SET
-        )
+        kept = _ALWAYS_SET.union(name for name, _ in ours)
+        ok += wire.headers_to_remove(name for name in forged if name not in kept)
     if decision.response_headers:
         ok += wire.response_headers_to_add(
             wire.header_option(k, v) for k, v in decision.response_headers
@@ -165,9 +162,6 @@ def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], metadata
     if metadata or decision.shadow is not None:
         meta = _metadata(decision, client_ip, policy_meta)
     return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, meta)
-
-
-_ALWAYS_SET = frozenset(("x-abuse-policy", "x-abuse-risk"))
 
 
 def deny_body(deny: Deny, policy: str) -> tuple[str, bytes]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sidecar.protowire import double_field, int_field, length_delimited, string, varint
-
-__all__ = ["length_delimited", "varint"]  # primitives the response builders use too
+from sidecar.protowire import double_field, int_field, length_delimited, string
 
 OVERWRITE_IF_EXISTS_OR_ADD = 2  # HeaderValueOption.HeaderAppendAction
 
@@ -56,8 +54,9 @@ DENIED_HEADERS = 2
 DENIED_BODY = 3
 
 
-def ok_headers(options: Iterable[bytes]) -> bytes:
-    return b"".join(length_delimited(OK_HEADERS, option) for option in options)
+def ok_header(key: str, value: str) -> bytes:
+    """One OkHttpResponse.headers entry: set ``key`` on the upstream request."""
+    return length_delimited(OK_HEADERS, header_option(key, value))
 
 
 def headers_to_remove(names: Iterable[str]) -> bytes:

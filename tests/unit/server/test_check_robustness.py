@@ -31,14 +31,33 @@ spec:
 """
 
 
-@pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+COUNTING_POLICY = """
+apiVersion: abuse.sidecar.dev/v1alpha1
+kind: AbusePolicy
+metadata: {name: logins, namespace: demo}
+spec:
+  hosts: [login.example.com]
+  cohorts:
+    - {name: failed-logins, by: ip, threshold: 100, period: 7d, action: flag, for: 1h,
+       responseCodes: [401], match: {paths: [/login]}}
+"""
+
+
+async def _serve(mode: str) -> tuple[GrpcServer, grpc.aio.Channel]:
     registry = PolicyRegistry(Resources(), default_policy="demo/shop")
     registry.replace_source("t", load_text(POLICY, "t.yaml"))
-    server = GrpcServer(Authorizer(registry, Engine(MemoryStore(), MemoryStore())), "127.0.0.1:0")
+    registry.replace_source("c", load_text(COUNTING_POLICY, "c.yaml"))
+    engine = Engine(MemoryStore(), MemoryStore())
+    server = GrpcServer(Authorizer(registry, engine, decision_metadata=mode), "127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        yield ch
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    server, ch = await _serve("auto")
+    yield ch
+    await ch.close()
     await server.stop(0)
 
 
@@ -138,43 +157,18 @@ async def test_forged_upstream_headers_are_removed(channel: grpc.aio.Channel) ->
     assert {h.header.key: h.header.value for h in ok.headers}["x-abuse-policy"] == "demo/shop"
 
 
-COUNTING_POLICY = """
-apiVersion: abuse.sidecar.dev/v1alpha1
-kind: AbusePolicy
-metadata: {name: logins, namespace: demo}
-spec:
-  hosts: [login.example.com]
-  cohorts:
-    - {name: failed-logins, by: ip, threshold: 100, period: 7d, action: flag, for: 1h,
-       responseCodes: [401], match: {paths: [/login]}}
-"""
-
-
-async def _serve(mode: str) -> tuple[GrpcServer, grpc.aio.Channel]:
-    registry = PolicyRegistry(Resources(), default_policy="demo/shop")
-    registry.replace_source("t", load_text(POLICY, "t.yaml"))
-    registry.replace_source("c", load_text(COUNTING_POLICY, "c.yaml"))
-    engine = Engine(MemoryStore(), MemoryStore())
-    server = GrpcServer(Authorizer(registry, engine, decision_metadata=mode), "127.0.0.1:0")
-    await server.start()
-    return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-
-
-async def test_decision_metadata_goes_where_the_access_log_needs_it() -> None:
-    server, ch = await _serve("auto")
-    try:
-        plain = await _check(ch, _request("/products"))
-        assert plain.WhichOneof("http_response") == "ok_response"
-        assert not plain.HasField("dynamic_metadata")  # nothing reads it: Envoy is spared
-        assert list(plain.ok_response.headers_to_remove) == []  # nothing forged to remove
-        counted = await _check(ch, _request("/login", host="login.example.com"))
-        assert counted.dynamic_metadata.fields["policy"].string_value == "demo/logins"
-        assert counted.dynamic_metadata.fields["client_ip"].string_value == "198.51.100.1"
-        denied = await _check(ch, _request("/.env"))
-        assert denied.dynamic_metadata.fields["reason"].string_value == "honeypot"
-    finally:
-        await ch.close()
-        await server.stop(0)
+async def test_decision_metadata_goes_where_the_access_log_needs_it(
+    channel: grpc.aio.Channel,
+) -> None:
+    plain = await _check(channel, _request("/products"))
+    assert plain.WhichOneof("http_response") == "ok_response"
+    assert not plain.HasField("dynamic_metadata")  # nothing reads it: Envoy is spared
+    assert list(plain.ok_response.headers_to_remove) == []  # nothing forged to remove
+    counted = await _check(channel, _request("/login", host="login.example.com"))
+    assert counted.dynamic_metadata.fields["policy"].string_value == "demo/logins"
+    assert counted.dynamic_metadata.fields["client_ip"].string_value == "198.51.100.1"
+    denied = await _check(channel, _request("/.env"))
+    assert denied.dynamic_metadata.fields["reason"].string_value == "honeypot"
     server, ch = await _serve("always")
     try:
         plain = await _check(ch, _request("/products"))

@@ -11,8 +11,9 @@ from google.protobuf import json_format
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar import protowire
 from sidecar.pipeline.verdict import Decision, Deny, Reason
-from sidecar.server import responses, wire
+from sidecar.server import responses
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 
@@ -197,7 +198,7 @@ def test_any_decision_round_trips(
 def test_varint_matches_protobuf(value: int) -> None:
     from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
-    assert wire.varint(value) == _VarintBytes(value)
+    assert protowire.varint(value) == _VarintBytes(value)
 
 
 def test_no_policy_and_malformed_responses() -> None:

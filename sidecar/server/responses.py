@@ -115,10 +115,16 @@ def render(
         policy_meta = _policy_pieces(decision.policy)[1]
         return _denied(decision, decision.deny, _metadata(decision, client_ip, policy_meta))
     forged = forged_headers(request_headers)
-    if metadata or forged or decision.shadow or decision.response_headers:
+    if metadata or forged or decision.shadow:
         return _allow(decision, client_ip, forged, metadata=metadata)
     # The common allow depends on nothing request-specific but who the caller is:
-    # the same few (policy, risk, subject, plan, flags) answer most Checks.
+    # the same few (policy, risk, subject, plan, flags) answer most Checks. Only
+    # response headers (RateLimit: what remains) change from one request to the next.
+    if decision.response_headers:
+        ok = _plain_ok(
+            decision.policy, decision.risk, decision.subject, decision.plan, decision.flags
+        ) + wire.response_headers_to_add(decision.response_headers)
+        return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, b"")
     return _plain_allow(
         decision.policy, decision.risk, decision.subject, decision.plan, decision.flags
     )
@@ -132,14 +138,24 @@ _ALWAYS_SET = frozenset(("x-abuse-policy", "x-abuse-risk"))
 def _plain_allow(
     policy: str, risk: int, subject: str | None, plan: str | None, flags: tuple[str, ...]
 ) -> bytes:
+    ok = _plain_ok(policy, risk, subject, plan, flags)
+    return wire.check_response(code_pb2.OK, wire.CHECK_OK, ok, b"")
+
+
+@lru_cache(maxsize=16_384)
+def _plain_ok(
+    policy: str, risk: int, subject: str | None, plan: str | None, flags: tuple[str, ...]
+) -> bytes:
+    """The OkHttpResponse body of an allow without metadata, forged or response headers."""
     decision = Decision(
         allowed=True, policy=policy, subject=subject, plan=plan, risk=risk, flags=flags
     )
-    return _allow(decision, "", (), metadata=False)
+    return _ok_body(decision, ())
 
 
-def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], *, metadata: bool) -> bytes:
-    policy_header, policy_meta = _policy_pieces(decision.policy)
+def _ok_body(decision: Decision, forged: tuple[str, ...]) -> bytes:
+    """Upstream headers (ours, forged copies removed), without response headers."""
+    policy_header = _policy_pieces(decision.policy)[0]
     ok = policy_header + _RISK_HEADER[_clamp_risk(decision.risk)]
     values = (
         decision.subject,
@@ -154,10 +170,14 @@ def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], *, metad
         # Headers we set overwrite the client's copy; the others must go.
         kept = _ALWAYS_SET.union(name for name, _ in ours)
         ok += wire.headers_to_remove(name for name in forged if name not in kept)
+    return ok
+
+
+def _allow(decision: Decision, client_ip: str, forged: tuple[str, ...], *, metadata: bool) -> bytes:
+    ok = _ok_body(decision, forged)
     if decision.response_headers:
-        ok += wire.response_headers_to_add(
-            wire.header_option(k, v) for k, v in decision.response_headers
-        )
+        ok += wire.response_headers_to_add(decision.response_headers)
+    policy_meta = _policy_pieces(decision.policy)[1]
     meta = b""
     if metadata or decision.shadow is not None:
         meta = _metadata(decision, client_ip, policy_meta)

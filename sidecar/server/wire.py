@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sidecar.protowire import double_field, int_field, length_delimited, string
+from sidecar.protowire import (
+    WIRE_LEN,
+    double_field,
+    int_field,
+    length_delimited,
+    prefixed,
+    string,
+    varint,
+)
 
 OVERWRITE_IF_EXISTS_OR_ADD = 2  # HeaderValueOption.HeaderAppendAction
 
@@ -63,8 +71,30 @@ def headers_to_remove(names: Iterable[str]) -> bytes:
     return b"".join(string(OK_HEADERS_TO_REMOVE, name) for name in names)
 
 
-def response_headers_to_add(options: Iterable[bytes]) -> bytes:
-    return b"".join(length_delimited(OK_RESPONSE_HEADERS_TO_ADD, option) for option in options)
+# The fixed bytes around one OkHttpResponse.response_headers_to_add entry: the
+# field's tag, HeaderValueOption.header's tag, and HeaderValue key/value tags.
+_RESPONSE_HEADER_TAG = varint(OK_RESPONSE_HEADERS_TO_ADD << 3 | WIRE_LEN)
+_OPTION_HEADER_TAG = varint(1 << 3 | WIRE_LEN)
+_KEY_TAG = varint(1 << 3 | WIRE_LEN)
+_VALUE_TAG = varint(2 << 3 | WIRE_LEN)
+_OVERWRITE = int_field(3, OVERWRITE_IF_EXISTS_OR_ADD)
+
+
+def response_headers_to_add(headers: Iterable[tuple[str, str]]) -> bytes:
+    """OkHttpResponse.response_headers_to_add: set each header on the client's response.
+
+    Written out by hand (the same bytes as ``header_option``): RateLimit values
+    change on every request, so this runs on every rate-limited allow."""
+    out = b""
+    for key, value in headers:
+        header = (
+            _KEY_TAG
+            + prefixed(key.encode("utf-8", "replace"))
+            + _VALUE_TAG
+            + prefixed(value.encode("utf-8", "replace"))
+        )
+        out += _RESPONSE_HEADER_TAG + prefixed(_OPTION_HEADER_TAG + prefixed(header) + _OVERWRITE)
+    return out
 
 
 def check_response(status_code: int, body_field: int, body: bytes, metadata: bytes) -> bytes:

@@ -24,7 +24,7 @@ def open_store(
 
     ``on_error(store_name)`` is called once per failed store call (connect the
     ``abuse_sidecar_store_errors_total`` counter to it). ``tuning`` passes the
-    Redis store's knobs (``lanes_per_node``, ``failure_threshold``,
+    Redis store's knobs (``max_in_flight``, ``failure_threshold``,
     ``probe_interval_ms``, ``over_limit_cache_size``, ``admin_timeout_ms``).
     """
     if url is None or url == "" or url.startswith("memory:"):

@@ -9,11 +9,12 @@ Shape of the hot path (``RedisStore.execute``):
    its retry time (``over_limit.py``); a plan that needs nothing else from Redis
    costs no round trip.
 3. *Coalescing.* The plan becomes one ``EVALSHA`` (``plan_codec.py``) queued on
-   the connection lane of its Redis node. Everything queued during one turn of
-   the event loop goes out as one pipeline: one socket write, one read of all
-   replies. Each script is still atomic on its own keys. Under load a lane is
-   busy while the next batch accumulates, so batches grow on their own (up to
-   ``MAX_BATCH`` scripts; ``lanes_per_node`` batches in flight per node).
+   the connection of its Redis node (a ``Lane``, ``redis_lane.py``: redis-py
+   connects, then a Protocol of ours reads the replies). Everything queued during
+   one turn of the event loop goes out as one pipeline: one socket write, one
+   read of all replies. Each script is still atomic on its own keys. Under load
+   the connection carries ``max_in_flight`` batches while the next accumulates,
+   so batches grow on their own (up to ``MAX_BATCH`` scripts each).
 4. *Errors.* Any timeout, connection or server error becomes ``StoreUnavailable``
    (and one call of ``on_error``); the engine then follows ``failureMode``.
 
@@ -73,6 +74,7 @@ from sidecar.stores.base import (
 from sidecar.stores.breaker import CircuitBreaker
 from sidecar.stores.over_limit import OverLimitCache
 from sidecar.stores.plan_codec import PlanCodec, command, denies
+from sidecar.stores.redis_lane import Batch, Lane, LaneLost, ReplyError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ _LOAD_SCRIPT = command(b"SCRIPT", b"LOAD", SCRIPT)
 MAX_BATCH = 256  # scripts per pipeline
 ErrorHook = Callable[[str], None]
 ConnectionFactory = Callable[[], AbstractConnection]
-_Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
+_Pending = list[tuple[bytes, "asyncio.Future[Any]"]]
 
 # What a failing Redis, network or client can raise while we talk to it.
 _BACKEND_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, EOFError)
@@ -95,23 +97,36 @@ def _glob_escape(text: str) -> str:
 
 
 class _Node:
-    """The pipelined connections ("lanes") to one Redis server.
+    """The hot-path connection to one Redis server: a ``Lane`` carrying up to
+    ``max_in_flight`` batches at a time. Commands submitted while that many are
+    out wait and leave together when one comes back."""
 
-    Each lane carries one batch at a time. Commands submitted while every lane
-    is busy wait for the next free lane and leave together."""
-
-    __slots__ = ("_idle", "_lanes", "_pending", "_scheduled", "_store", "_tasks", "name")
+    __slots__ = (
+        "_connect",
+        "_connection",
+        "_dialing",
+        "_in_flight",
+        "_lane",
+        "_max_in_flight",
+        "_pending",
+        "_scheduled",
+        "_store",
+        "name",
+    )
 
     def __init__(
-        self, name: str, connect: ConnectionFactory, lanes: int, store: RedisStore
+        self, name: str, connect: ConnectionFactory, max_in_flight: int, store: RedisStore
     ) -> None:
         self.name = name
         self._store = store
-        self._lanes = [connect() for _ in range(lanes)]
-        self._idle = list(self._lanes)
-        self._pending: _Batch = []
+        self._connect = connect
+        self._max_in_flight = max_in_flight
+        self._connection: AbstractConnection | None = None  # redis-py's, owns the socket
+        self._lane: Lane | None = None
+        self._dialing: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._pending: _Pending = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, payload: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -126,63 +141,169 @@ class _Node:
 
     def _flush(self) -> None:
         self._scheduled = False
-        while self._pending and self._idle:
+        lane = self._lane
+        if lane is None or lane.closed:
+            if self._pending and self._dialing is None:
+                self._dialing = asyncio.get_running_loop().create_task(self._dial())
+            return
+        while self._pending and self._in_flight < self._max_in_flight:
             # A bounded batch keeps Redis' work per exchange (about 30 µs per
             # script) well inside the command timeout however deep the queue is.
             if len(self._pending) <= MAX_BATCH:
                 batch, self._pending = self._pending, []
             else:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            connection = self._idle.pop()
-            task = asyncio.get_running_loop().create_task(self._run(connection, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        # Anything left waits for a lane: the lane that finishes flushes again.
+            self._store.batches += 1
+            self._store.scripts += len(batch)
+            self._in_flight += 1
+            self._send(lane, [p for p, _ in batch], [f for _, f in batch], self._answered)
+        # Anything left waits: the batch that comes back flushes again.
 
-    async def _run(self, connection: AbstractConnection, batch: _Batch) -> None:
+    def _send(
+        self,
+        lane: Lane,
+        payloads: list[bytes],
+        futures: list[asyncio.Future[Any] | None],
+        on_done: Callable[[Batch, BaseException | None], None],
+    ) -> None:
+        batch = Batch(payloads, futures, on_done)
+        # One deadline per batch: a server that accepts the bytes but never answers
+        # (frozen, overloaded) must cost no more than the command timeout, or
+        # Envoy's own ext_authz timeout fires first and failureMode is never applied.
+        batch.timer = asyncio.get_running_loop().call_later(
+            self._store.command_timeout, lane.fail, TimeoutError()
+        )
+        lane.send(batch)
+
+    def _answered(self, batch: Batch, error: BaseException | None) -> None:
+        """A batch of scripts came back (or its lane failed)."""
+        if batch.timer is not None:
+            batch.timer.cancel()
         store = self._store
-        payloads = [payload for payload, _ in batch]
-        store.batches += 1
-        store.scripts += len(payloads)
-        try:
-            was_connected = connection.is_connected
-            try:
-                replies = await store.exchange(connection, payloads)
-            except redis_errors.ConnectionError:
-                if not was_connected:
-                    raise
-                # An idle socket Redis closed (a restart, an idle timeout): dial
-                # again once. Should Redis have run the scripts before the socket
-                # died, they run twice: counts err on the side of denying.
-                await _drop(connection)
-                replies = await store.exchange(connection, payloads)
-        except Exception as exc:
-            await _drop(connection)
-            detail = store.describe_failure(exc, self.name)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(store.unavailable(detail))
-            store.record_failure(detail)
-        except BaseException:  # cancelled (the store is closing): not Redis' fault
-            await _drop(connection)
-            for _, future in batch:
-                future.cancel()
-            raise
-        else:
-            store.record_success()
-            for (_, future), reply in zip(batch, replies, strict=True):
-                if not future.done():
+        if error is None and not any(type(reply) is ReplyError for reply in batch.replies):
+            # The common case, kept short: every script answered.
+            for future, reply in zip(batch.futures, batch.replies, strict=True):
+                if future is not None and not future.done():
                     future.set_result(reply)
-        finally:
-            self._idle.append(connection)
-            if self._pending and not self._scheduled:
+            store.record_success()
+            self._in_flight -= 1
+            if self._pending:
+                self._flush()
+            return
+        if error is not None and store.closed:
+            for future in batch.futures:
+                if future is not None:
+                    future.cancel()  # not Redis' fault: nothing to count or report
+            return
+        if error is not None:
+            if isinstance(error, LaneLost) and batch.reused:
+                # An idle socket Redis closed (a restart, an idle timeout): send
+                # once more on a fresh connection. Should Redis have run the
+                # scripts before the socket died, they run twice: counts err on
+                # the side of denying.
+                self._in_flight -= 1
+                self._pending[:0] = [
+                    (payload, future)
+                    for payload, future in zip(batch.payloads, batch.futures, strict=True)
+                    if future is not None
+                ]
+                self._flush()
+                return
+            self._fail(batch.futures, error)
+            self._in_flight -= 1
+            self._flush()
+            return
+        replies = batch.replies
+        missing = [i for i, reply in enumerate(replies) if _code(reply) == "NOSCRIPT"]
+        if missing and self._lane is not None and not self._lane.closed:
+            # After SCRIPT FLUSH or a restart: load the script and re-send the
+            # affected calls, in one write (Redis runs them in order).
+            log.info("loading check.lua into Redis (NOSCRIPT)")
+            retry = [batch.futures[i] for i in missing]
+
+            def reloaded(again: Batch, error: BaseException | None) -> None:
+                if again.timer is not None:
+                    again.timer.cancel()
+                if error is not None:
+                    self._fail(retry, error)
+                else:
+                    loaded, *answers = again.replies
+                    if isinstance(loaded, ReplyError):
+                        answers = [loaded] * len(retry)
+                    self._deliver(retry, answers)
+                    store.record_success()
+                self._in_flight -= 1
                 self._flush()
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for connection in self._lanes:
+            self._deliver(
+                [f for i, f in enumerate(batch.futures) if i not in missing],
+                [r for i, r in enumerate(replies) if i not in missing],
+            )
+            self._send(
+                self._lane,
+                [_LOAD_SCRIPT, *(batch.payloads[i] for i in missing)],
+                [None, *retry],
+                reloaded,
+            )
+            return
+        self._deliver(batch.futures, replies)
+        store.record_success()
+        if any(_code(reply) == "READONLY" for reply in replies) and self._lane is not None:
+            # A failed-over master: reconnect so Sentinel names the new one.
+            self._lane.fail(LaneLost("Redis is a read-only replica now"))
+        self._in_flight -= 1
+        self._flush()
+
+    @staticmethod
+    def _deliver(futures: Sequence[asyncio.Future[Any] | None], replies: Sequence[Any]) -> None:
+        for future, reply in zip(futures, replies, strict=True):
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    def _fail(self, futures: Sequence[asyncio.Future[Any] | None], error: BaseException) -> None:
+        store = self._store
+        detail = store.describe_failure(error, self.name)
+        for future in futures:
+            if future is not None and not future.done():
+                future.set_exception(store.unavailable(detail))
+        store.record_failure(detail)
+
+    async def _dial(self) -> None:
+        store = self._store
+        stale, self._connection, self._lane = self._connection, None, None
+        if stale is not None:
+            await _drop(stale)
+        connection = self._connect()
+        try:
+            async with asyncio.timeout(store.command_timeout):
+                await connection.connect()  # type: ignore[no-untyped-call]
+            writer = connection._writer  # redis-py's stream, handed over to the lane
+            assert writer is not None
+            lane = Lane(writer.transport)  # type: ignore[arg-type]
+        except Exception as exc:
             await _drop(connection)
+            waiting, self._pending = self._pending, []
+            self._fail([future for _, future in waiting], exc)
+            return
+        except BaseException:  # cancelled (the store is closing)
+            await _drop(connection)
+            raise
+        finally:
+            self._dialing = None
+        self._connection, self._lane = connection, lane
+        self._flush()
+
+    async def close(self) -> None:
+        if self._dialing is not None:
+            self._dialing.cancel()
+        if self._lane is not None:
+            self._lane.fail(LaneLost("the store is closing"))
+        if self._connection is not None:
+            await _drop(self._connection)
+
+
+def _code(reply: Any) -> str | None:
+    return reply.code if isinstance(reply, ReplyError) else None
 
 
 async def _drop(connection: AbstractConnection) -> None:
@@ -203,7 +324,7 @@ class RedisStore:
         description: str,
         command_timeout_ms: int = 50,
         connect_timeout_ms: int = 500,
-        lanes_per_node: int = 2,
+        max_in_flight: int = 2,
         failure_threshold: int = 3,
         probe_interval_ms: int = 500,
         over_limit_cache_size: int = 100_000,
@@ -222,10 +343,10 @@ class RedisStore:
         self._cluster: Any = client if isinstance(client, RedisCluster) else None
         self._connect = connect
         self.description = description
-        self._command_timeout = command_timeout_ms / 1000
+        self.command_timeout = command_timeout_ms / 1000
         self._connect_timeout = connect_timeout_ms / 1000
         self._admin_timeout = admin_timeout_ms / 1000
-        self._lanes_per_node = lanes_per_node
+        self._max_in_flight = max_in_flight
         self._probe_interval = probe_interval_ms / 1000
         self._on_error = on_error
         self._clock = clock
@@ -238,7 +359,7 @@ class RedisStore:
         self._cluster_lock = asyncio.Lock()
         self._topology_refresh: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
-        self._closed = False
+        self.closed = False
         # Pipelines written and script calls in them (coalescing, at a glance).
         self.batches = 0
         self.scripts = 0
@@ -375,41 +496,13 @@ class RedisStore:
     # -- lanes and batches -------------------------------------------------------------
 
     def _make_node(self, name: str, connect: ConnectionFactory) -> _Node:
-        node = _Node(name, connect, self._lanes_per_node, self)
+        node = _Node(name, connect, self._max_in_flight, self)
         self._nodes[name] = node
         return node
 
     def _connect_lane(self) -> AbstractConnection:
         assert self._connect is not None
         return self._connect()
-
-    async def exchange(self, connection: AbstractConnection, payloads: list[bytes]) -> list[Any]:
-        """Send the payloads in one write and read every reply (errors as values)."""
-        # One deadline for connecting and answering: on the request path a server
-        # that accepts TCP but never answers (frozen, overloaded) must cost no more
-        # than the command timeout, or Envoy's own ext_authz timeout fires first
-        # and failureMode is never applied.
-        async with asyncio.timeout(self._command_timeout):
-            if not connection.is_connected:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            replies = await _pipeline(connection, payloads)
-            missing = [
-                i
-                for i, reply in enumerate(replies)
-                if isinstance(reply, redis_errors.NoScriptError)
-            ]
-            if missing:
-                log.info("loading check.lua into Redis (NOSCRIPT)")
-                loaded = await _pipeline(connection, [_LOAD_SCRIPT])
-                if isinstance(loaded[0], Exception):
-                    raise loaded[0]
-                retried = await _pipeline(connection, [payloads[i] for i in missing])
-                for i, reply in zip(missing, retried, strict=True):
-                    replies[i] = reply
-        if any(isinstance(reply, redis_errors.ReadOnlyError) for reply in replies):
-            # A failed-over master: reconnect so Sentinel names the new one.
-            await _drop(connection)
-        return replies
 
     # -- health --------------------------------------------------------------------------
 
@@ -420,15 +513,15 @@ class RedisStore:
         self._refresh_topology()  # a cluster node may have moved or failed over
         if self._breaker.record_failure(detail):
             log.warning("Redis store unavailable, circuit open: %s", detail)
-            if self._probe is None and not self._closed:
+            if self._probe is None and not self.closed:
                 self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
         try:
-            while self._breaker.open and not self._closed:
+            while self._breaker.open and not self.closed:
                 await asyncio.sleep(self._probe_interval)
                 try:
-                    async with asyncio.timeout(self._command_timeout + self._connect_timeout):
+                    async with asyncio.timeout(self.command_timeout + self._connect_timeout):
                         await self._ping_backend()
                 except _BACKEND_ERRORS as exc:
                     self._breaker.last_error = self.describe_failure(exc, "probe")
@@ -447,11 +540,11 @@ class RedisStore:
 
     def describe_failure(self, exc: BaseException, where: str) -> str:
         if isinstance(exc, TimeoutError):
-            return f"{where}: no answer within {self._command_timeout * 1000:.0f} ms"
+            return f"{where}: no answer within {self.command_timeout * 1000:.0f} ms"
         return f"{where}: {type(exc).__name__}: {exc}"
 
     def _reply_failure(self, reply: Exception) -> StoreUnavailable:
-        if isinstance(reply, redis_errors.MovedError | redis_errors.AskError):
+        if _code(reply) in ("MOVED", "ASK"):
             self._refresh_topology()
         return self.unavailable(f"Redis answered: {reply}")
 
@@ -465,7 +558,7 @@ class RedisStore:
         if self._breaker.open:
             raise StoreUnavailable(self.name, self._breaker.describe())
         try:
-            async with asyncio.timeout(self._command_timeout + self._connect_timeout):
+            async with asyncio.timeout(self.command_timeout + self._connect_timeout):
                 await self._ping_backend()
         except _BACKEND_ERRORS as exc:
             raise StoreUnavailable(self.name, self.describe_failure(exc, "ping")) from exc
@@ -546,7 +639,7 @@ class RedisStore:
             raise self.unavailable(self.describe_failure(exc, "remove_member")) from exc
 
     async def close(self) -> None:
-        self._closed = True
+        self.closed = True
         if self._probe is not None:
             self._probe.cancel()
         if self._topology_refresh is not None:
@@ -562,17 +655,6 @@ class RedisStore:
                 await client.aclose()
         except _BACKEND_ERRORS as exc:
             log.debug("closing the Redis client failed: %r", exc)
-
-
-async def _pipeline(connection: AbstractConnection, payloads: list[bytes]) -> list[Any]:
-    await connection.send_packed_command(b"".join(payloads), check_health=False)
-    replies: list[Any] = []
-    for _ in payloads:
-        try:
-            replies.append(await connection.read_response())
-        except redis_errors.ResponseError as exc:
-            replies.append(exc)  # one script's error; the connection is still in sync
-    return replies
 
 
 def _slot_of(op: Operation) -> int:

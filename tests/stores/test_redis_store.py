@@ -195,6 +195,49 @@ async def test_noscript_after_script_flush(clean_redis: RedisServer) -> None:
         await store.close()
 
 
+async def test_states_an_earlier_version_wrote_as_text_keep_counting(
+    clean_redis: RedisServer,
+) -> None:
+    """check.lua now packs states as doubles; text states from before are still read,
+    so a rolling upgrade does not reset anybody's counts."""
+    seconds, micros = (int(part) for part in clean_redis.command("TIME").split())
+    now_ms = seconds * 1000 + micros // 1000
+    who = "ip=192.0.2.7"
+    sliding = keys.limit_key(POLICY, "old-sliding", who)
+    fixed = keys.limit_key(POLICY, "old-fixed", who)
+    bucket = keys.limit_key(POLICY, "old-bucket", who)
+    day, minute = 86_400_000, 60_000
+    clean_redis.command("SET", sliding, f"{now_ms // day} 7 0", "PX", str(2 * day))
+    clean_redis.command("SET", fixed, f"{now_ms // minute} 5", "PX", str(minute))
+    # A token bucket whose theoretical arrival time is 3 emission intervals ahead.
+    interval_us = 10_000_000  # 6 per minute
+    clean_redis.command("SET", bucket, str(now_ms * 1000 + 3 * interval_us), "PX", "60000")
+    plan = StorePlan(
+        (
+            LimitCheck(
+                (
+                    LimitSpec(sliding, "sliding_window", 10, day),
+                    LimitSpec(fixed, "fixed_window", 10, minute),
+                    LimitSpec(bucket, "token_bucket", 6, minute),
+                )
+            ),
+        )
+    )
+    store = redis_store(clean_redis, command_timeout_ms=2000)
+    try:
+        (result,) = await store.execute(plan)
+        assert isinstance(result, LimitResult)
+        assert result.allowed
+        assert [state.remaining for state in result.states] == [2, 4, 2]
+        # Written back packed, and read back as such.
+        assert clean_redis.command("GETRANGE", fixed, "0", "0") == "\x00"
+        (again,) = await store.execute(plan)
+        assert isinstance(again, LimitResult)
+        assert [state.remaining for state in again.states] == [1, 3, 1]
+    finally:
+        await store.close()
+
+
 async def test_over_limit_keys_are_denied_without_a_round_trip(clean_redis: RedisServer) -> None:
     store = redis_store(clean_redis, command_timeout_ms=2000)
     spec = LimitSpec(keys.limit_key(POLICY, "two", "ip=192.0.2.1"), "fixed_window", 2, 60_000)

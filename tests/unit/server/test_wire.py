@@ -194,6 +194,37 @@ def test_any_decision_round_trips(
     assert meta["client_ip"] == ip
 
 
+@given(
+    text,
+    st.lists(st.tuples(text, st.text(max_size=300)), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_response_headers_reach_the_client_on_every_kind_of_allow(
+    policy: str, headers: list[tuple[str, str]], metadata: bool
+) -> None:
+    """RateLimit headers are written by hand on every rate-limited allow, with and
+    without metadata (value lengths past 127 bytes take two-byte length prefixes)."""
+    decision = Decision(
+        allowed=True, policy=policy, subject="alice", response_headers=tuple(headers)
+    )
+    response = CheckResponse.FromString(
+        responses.render(decision, "192.0.2.1", {}, metadata=metadata)
+    )
+    assert [
+        (h.header.key, h.header.value) for h in response.ok_response.response_headers_to_add
+    ] == headers
+    assert all(
+        h.append_action == HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        for h in response.ok_response.response_headers_to_add
+    )
+    assert _ok_headers(response) == {
+        "x-abuse-policy": policy,
+        "x-abuse-risk": "0",
+        "x-abuse-subject": "alice",
+    }
+    assert response.HasField("dynamic_metadata") == metadata
+
+
 @given(st.integers(min_value=0, max_value=2**63))
 def test_varint_matches_protobuf(value: int) -> None:
     from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]

@@ -77,6 +77,7 @@ def _measure(
     seconds: float,
     concurrency: int,
     perf_out: Path | None,
+    *,
     redis_pid: int | None,
 ) -> tuple[float, float]:
     """CPU µs per answered Check of the authorizer and of redis-server (0 without)."""
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.seconds,
                             args.concurrency,
                             perf_out,
-                            redis_pid,
+                            redis_pid=redis_pid,
                         )
                     finally:
                         noop.stop()
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.seconds,
                             args.concurrency,
                             perf_out,
-                            redis_pid,
+                            redis_pid=redis_pid,
                         )
                     finally:
                         sidecar.stop()

@@ -207,6 +207,9 @@ class Measurement:
     """Redis commands (``INFO commandstats``) per request during the load phase."""
     redis_cpu_us_per_request: float | None = None
     """CPU of the redis-server process per request during the load phase."""
+    redis_reads_per_request: float | None = None
+    """Socket reads redis-server made per request (``INFO stats``): below 1 when
+    the Checks of several requests arrive in one write (coalesced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,11 @@ def redis_command_calls(redis_url: str) -> dict[str, int]:
     }
 
 
+def redis_reads(redis_url: str) -> int:
+    """Socket reads redis-server has processed since it started (``INFO stats``)."""
+    return int(_redis_info(redis_url, "stats")["total_reads_processed"])
+
+
 def _calls_per_request(
     before: dict[str, int], after: dict[str, int], requests: int
 ) -> dict[str, float]:
@@ -429,11 +437,13 @@ def _measure(
     before = _cpu_sample(*sessions)
     separate_before = [session_cpu_seconds({pid}) for pid in separate]
     redis_before = redis_command_calls(redis_url) if redis_url else {}
+    reads_before = redis_reads(redis_url) if redis_url else 0
     redis_cpu_before = session_cpu_seconds(redis)
     load = run_wrk(url, script, seconds=settings.duration, **load_options)
     after = _cpu_sample(*sessions)
     redis_cpu = session_cpu_seconds(redis) - redis_cpu_before
     redis_after = redis_command_calls(redis_url) if redis_url else {}
+    reads = redis_reads(redis_url) - reads_before if redis_url else 0
     separate_used = [
         session_cpu_seconds({pid}) - used
         for pid, used in zip(separate, separate_before, strict=True)
@@ -465,6 +475,7 @@ def _measure(
         decisions=decisions,
         redis_calls_per_request=_calls_per_request(redis_before, redis_after, requests),
         redis_cpu_us_per_request=redis_cpu / requests * 1e6 if redis_url else None,
+        redis_reads_per_request=reads / requests if redis_url else None,
     )
 
 
@@ -586,6 +597,9 @@ def summarise(measurements: Sequence[Measurement]) -> dict[str, Any]:
             "non_2xx": sum(m.load.non_2xx + m.latency.non_2xx for m in runs),
             "redis_cpu_us": _mean(
                 [r for m in runs if (r := m.redis_cpu_us_per_request) is not None]
+            ),
+            "redis_reads_per_request": _mean(
+                [r for m in runs if (r := m.redis_reads_per_request) is not None]
             ),
             "redis_calls_per_request": {
                 name: _mean([m.redis_calls_per_request.get(name, 0.0) for m in runs])
@@ -762,17 +776,19 @@ def render_markdown(settings: Settings, measurements: Sequence[Measurement]) -> 
             f"{_verdict(ratio >= REDIS_THROUGHPUT_TARGET)}."
         )
     redis_users = [
-        (LABELS[c].split(":", 1)[0], text, f["redis_cpu_us"])
+        (LABELS[c].split(":", 1)[0], text, f["redis_cpu_us"], f.get("redis_reads_per_request"))
         for c, f in summary["configs"].items()
         if (text := _redis_calls_text(f["redis_calls_per_request"])) != "none"
     ]
     if redis_users:
-        calls = "; ".join(f"{who}: {text}" for who, text, _ in redis_users)
-        cpu = ", ".join(f"{who} {us:.0f}" for who, _, us in redis_users)
+        calls = "; ".join(f"{who}: {text}" for who, text, _, _ in redis_users)
+        cpu = ", ".join(f"{who} {us:.0f}" for who, _, us, _ in redis_users)
+        reads = ", ".join(f"{who} {per:.2f}" for who, _, _, per in redis_users if per is not None)
         lines.append(
             "- Redis commands per request during the load phases (`INFO commandstats` "
             f"before/after): {calls}. redis-server CPU µs/request: {cpu} (counted as the "
-            "benchmark's, not as other load)."
+            f"benchmark's, not as other load); socket reads per request: {reads} (below 1: "
+            "Checks of several requests arrived in one write)."
         )
     if "tracing_ratio" in summary:
         quiet_traced = summary["tracing_quiet_rounds"]

@@ -277,9 +277,14 @@ class _Node:
         try:
             async with asyncio.timeout(store.command_timeout):
                 await connection.connect()  # type: ignore[no-untyped-call]
-            writer = connection._writer  # redis-py's stream, handed over to the lane
-            assert writer is not None
-            lane = Lane(writer.transport)  # type: ignore[arg-type]
+            # redis-py's stream writer; its transport is handed over to the lane.
+            writer = getattr(connection, "_writer", None)
+            if writer is None:
+                raise RuntimeError(
+                    "this redis-py keeps no stream writer on its connections; "
+                    "install the version in constraints.txt"
+                )
+            lane = Lane(writer.transport)
         except Exception as exc:
             await _drop(connection)
             waiting, self._pending = self._pending, []

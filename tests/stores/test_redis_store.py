@@ -28,7 +28,7 @@ from sidecar.stores.open import open_store
 from sidecar.stores.redis import RedisStore
 from tests.harness.ports import free_port
 from tests.harness.processes import start_process, wait_for_tcp
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import REDIS_SERVER, RedisServer, redis_available
 
 pytestmark = pytest.mark.redis
 
@@ -437,3 +437,76 @@ async def test_redis_sentinel(own_redis: RedisServer, tmp_path: Path) -> None:
         )
     finally:
         sentinel.stop()
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis.test")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_rediss_carries_the_scripts_over_tls(tmp_path: Path) -> None:
+    """redis-py makes the TLS connection; the store's lane then reads the replies
+    through the TLS transport: limits hold, NOSCRIPT reloads, a restart recovers."""
+    if not redis_available():
+        pytest.skip("redis-server is not installed")
+    cert, key = _self_signed_certificate(tmp_path)
+    tls_port = free_port()
+    tls = (
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    with RedisServer(tmp_path, extra_args=tls) as server:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={cert}"
+        store = open_store(url, command_timeout_ms=2000)
+        try:
+            assert await allowed_count(store, twenty("tls"), 30) == 20  # type: ignore[arg-type]
+            server.command("SCRIPT", "FLUSH")
+            (result,) = await store.execute(twenty("tls-2"))
+            assert isinstance(result, LimitResult)
+            assert result.states[0].remaining == 19
+            server.restart()
+            (result,) = await store.execute(twenty("tls-3"))
+            assert isinstance(result, LimitResult)
+            assert result.states[0].remaining == 19
+            await store.ping()
+        finally:
+            await store.close()
+        assert server.command("EXISTS", keys.limit_key(POLICY, "tls-3", "ip=192.0.2.1")) == "1"

@@ -62,52 +62,67 @@ class PlanCodec:
         self._fragments: dict[tuple[object, ...], tuple[bytes, int]] = {}
 
     def encode(self, operations: Sequence[Operation], shadow: bool) -> bytes:
-        keys: list[bytes] = []
+        keys: list[str] = []
         parts: list[bytes] = [_SHADOW[shadow]]
         nargs = 1
         fragments = self._fragments
         signature: tuple[object, ...]
         for op in operations:
-            if isinstance(op, LimitCheck):
-                fragment = fragments.get(("L", len(op.limits)))
+            kind = type(op)
+            if kind is LimitCheck:
+                assert isinstance(op, LimitCheck)
+                limits = op.limits
+                signature = ("L", len(limits))
+                fragment = fragments.get(signature)
                 if fragment is None:
-                    fragment = self._remember(("L", len(op.limits)), _args("L", len(op.limits)), 2)
+                    fragment = self._remember(signature, _args("L", len(limits)), 2)
                 parts.append(fragment[0])
                 nargs += 2
-                for spec in op.limits:
-                    keys.append(spec.key.encode())
-                    signature = (spec.algorithm, spec.limit, spec.period_ms, spec.burst, spec.cost)
+                for spec in limits:
+                    keys.append(spec.key)
+                    # (algorithm, limit, period_ms, burst, cost): everything but the key.
+                    signature = spec[1:]
                     fragment = fragments.get(signature)
                     if fragment is None:
                         fragment = self._remember(signature, _limit_args(spec), 5)
                     parts.append(fragment[0])
-                    nargs += 5
+                nargs += 5 * len(limits)
                 continue
-            if isinstance(op, ActiveCheck):
+            if kind is ActiveCheck:
+                assert isinstance(op, ActiveCheck)
                 signature = ("A", *op.denying)
-                keys.extend(key.encode() for key in op.keys)
-            elif isinstance(op, RevocationCheck):
-                keys.append(op.key.encode())
+                keys.extend(op.keys)
+            elif kind is CohortCount:
+                assert isinstance(op, CohortCount)
+                signature = ("C", op.threshold, op.period_ms, op.member_ttl_ms)
+                keys.append(op.counter_key)
+                keys.append(op.member_key)
+            elif kind is RevocationCheck:
+                assert isinstance(op, RevocationCheck)
+                keys.append(op.key)
                 parts.append(_REVOCATION)
                 nargs += 1
                 continue
-            elif isinstance(op, CohortCount):
-                signature = ("C", op.threshold, op.period_ms, op.member_ttl_ms)
-                keys.append(op.counter_key.encode())
-                keys.append(op.member_key.encode())
-            elif isinstance(op, BlockSet):
+            elif kind is BlockSet:
+                assert isinstance(op, BlockSet)
                 signature = ("B", len(op.keys), op.ttl_ms, op.value)
-                keys.extend(key.encode() for key in op.keys)
+                keys.extend(op.keys)
             else:
-                raise TypeError(f"the Redis store cannot run {type(op).__name__}")
+                raise TypeError(f"the Redis store cannot run {kind.__name__}")
             fragment = fragments.get(signature)
             if fragment is None:
                 fragment = self._remember(signature, *_op_args(op))
             parts.append(fragment[0])
             nargs += fragment[1]
-        head = b"*%d\r\n" % (3 + len(keys) + nargs) + self._prefix + bulk(b"%d" % len(keys))
-        return (
-            head + b"".join([b"$%d\r\n%b\r\n" % (len(key), key) for key in keys]) + b"".join(parts)
+        encoded = [key.encode() for key in keys]
+        return b"".join(
+            [
+                b"*%d\r\n" % (3 + len(keys) + nargs),
+                self._prefix,
+                b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)),
+                *[b"$%d\r\n%b\r\n" % (len(key), key) for key in encoded],
+                *parts,
+            ]
         )
 
     def _remember(

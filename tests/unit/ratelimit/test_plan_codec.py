@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 
 from sidecar.stores.base import (
@@ -15,6 +17,7 @@ from sidecar.stores.base import (
     LimitResult,
     LimitSpec,
     LimitState,
+    Operation,
     RevocationCheck,
     RevocationResult,
 )
@@ -95,3 +98,71 @@ def test_operations_after_a_stop_are_not_run() -> None:
     results = PlanCodec.decode(OPERATIONS, reply)
     assert results[1] == RevocationResult(True)
     assert results[2:] == [None, None, None]
+
+
+_keys = st.text(min_size=1, max_size=30)
+_limit_specs = st.builds(
+    LimitSpec,
+    _keys,
+    st.sampled_from(["sliding_window", "token_bucket", "fixed_window"]),
+    st.integers(min_value=1, max_value=10**9),
+    st.integers(min_value=1, max_value=10**9),
+    st.integers(min_value=0, max_value=10**6),
+    st.integers(min_value=1, max_value=10**4),
+)
+_operations = st.one_of(
+    st.builds(LimitCheck, st.lists(_limit_specs, min_size=1, max_size=4).map(tuple)),
+    st.lists(st.tuples(_keys, st.booleans()), min_size=1, max_size=3).map(
+        lambda pairs: ActiveCheck(tuple(k for k, _ in pairs), tuple(d for _, d in pairs))
+    ),
+    st.builds(RevocationCheck, _keys),
+    st.builds(
+        CohortCount,
+        _keys,
+        _keys,
+        st.integers(min_value=1, max_value=10**6),
+        st.integers(min_value=1, max_value=10**9),
+        st.integers(min_value=1, max_value=10**9),
+    ),
+    st.builds(
+        BlockSet,
+        st.lists(_keys, min_size=1, max_size=2).map(tuple),
+        st.integers(min_value=1, max_value=10**9),
+        _keys,
+    ),
+)
+_CODES = {"sliding_window": "s", "token_bucket": "t", "fixed_window": "f"}
+
+
+def _redis_py_args(operations: list[Operation], shadow: bool) -> list[str | int]:
+    """The script's argument layout (check.lua's header), spelled out independently."""
+    keys: list[str | int] = []
+    args: list[str | int] = ["1" if shadow else "0"]
+    for op in operations:
+        if isinstance(op, LimitCheck):
+            args += ["L", len(op.limits)]
+            for spec in op.limits:
+                keys.append(spec.key)
+                args += [_CODES[spec.algorithm], spec.limit, spec.period_ms, spec.burst, spec.cost]
+        elif isinstance(op, ActiveCheck):
+            keys += op.keys
+            args += ["A", len(op.keys), *("1" if d else "0" for d in op.denying)]
+        elif isinstance(op, RevocationCheck):
+            keys.append(op.key)
+            args.append("R")
+        elif isinstance(op, CohortCount):
+            keys += [op.counter_key, op.member_key]
+            args += ["C", op.threshold, op.period_ms, op.member_ttl_ms]
+        else:
+            assert isinstance(op, BlockSet)
+            keys += op.keys
+            args += ["B", len(op.keys), op.ttl_ms, op.value]
+    return ["EVALSHA", SHA, len(keys), *keys, *args]
+
+
+@given(st.lists(_operations, max_size=6), st.booleans())
+def test_any_plan_encodes_as_redis_py_packs_it(operations: list[Operation], shadow: bool) -> None:
+    codec = PlanCodec(SHA)
+    packed = b"".join(Connection().pack_command(*_redis_py_args(operations, shadow)))
+    assert codec.encode(operations, shadow) == packed
+    assert codec.encode(operations, shadow) == packed  # again, from cached fragments

@@ -76,6 +76,8 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import yaml
 
+from tests.self_signed import self_signed_pem
+
 Json = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
@@ -1401,41 +1403,13 @@ class KubeApiServer:
         self.stop()
 
     def _enable_tls(self) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-test")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
+        cert, key = self_signed_pem(
+            "kube-apiserver-test", dns_names=("localhost",), valid_for_hours=24
         )
         self._tls_dir = tempfile.TemporaryDirectory(prefix="kube-apiserver-")
         directory = Path(self._tls_dir.name)
-        (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / "tls.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        (directory / "tls.crt").write_bytes(cert)
+        (directory / "tls.key").write_bytes(key)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self._http.socket = context.wrap_socket(self._http.socket, server_side=True)

@@ -8,10 +8,8 @@ STARTTLS and AUTH run exactly as in production.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import json
 import ssl
 import threading
@@ -27,10 +25,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 
 from sidecar.cohorts.notify import Notifier, RetryPolicy
@@ -39,6 +33,7 @@ from sidecar.compiled.policy import CompiledPolicy
 from sidecar.pipeline.engine import Engine
 from sidecar.stores.memory import MemoryStore
 from tests.harness.ports import LOOPBACK, free_port
+from tests.self_signed import self_signed_pem
 from tests.unit.cohorts.support import compile_one, request
 
 POLICY = """
@@ -257,33 +252,6 @@ class Mailbox:
         return AuthResult(success=False, handled=False)
 
 
-def self_signed() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 @pytest.fixture
 def smtp_server(tmp_path: Any) -> Iterator[Any]:
     controllers: list[Controller] = []
@@ -294,7 +262,7 @@ def smtp_server(tmp_path: Any) -> Iterator[Any]:
         kwargs: dict[str, Any] = {}
         client_context: ssl.SSLContext | None = None
         if tls:
-            cert, key = self_signed()
+            cert, key = self_signed_pem("localhost")
             (tmp_path / "cert.pem").write_bytes(cert)
             (tmp_path / "key.pem").write_bytes(key)
             server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

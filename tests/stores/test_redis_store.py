@@ -29,6 +29,7 @@ from sidecar.stores.redis import RedisStore
 from tests.harness.ports import free_port
 from tests.harness.processes import start_process, wait_for_tcp
 from tests.redis_server import REDIS_SERVER, RedisServer, redis_available
+from tests.self_signed import self_signed_pem
 
 pytestmark = pytest.mark.redis
 
@@ -439,52 +440,15 @@ async def test_redis_sentinel(own_redis: RedisServer, tmp_path: Path) -> None:
         sentinel.stop()
 
 
-def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis.test")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_rediss_carries_the_scripts_over_tls(tmp_path: Path) -> None:
     """redis-py makes the TLS connection; the store's lane then reads the replies
     through the TLS transport: limits hold, NOSCRIPT reloads, a restart recovers."""
     if not redis_available():
         pytest.skip("redis-server is not installed")
-    cert, key = _self_signed_certificate(tmp_path)
+    cert_pem, key_pem = self_signed_pem("redis.test")
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
     tls_port = free_port()
     tls = (
         "--tls-port", str(tls_port),

@@ -179,43 +179,43 @@ class _Node:
         """A batch of scripts came back (or its lane failed)."""
         if batch.timer is not None:
             batch.timer.cancel()
-        store = self._store
-        if error is None and not any(type(reply) is ReplyError for reply in batch.replies):
-            # The common case, kept short: every script answered.
-            for future, reply in zip(batch.futures, batch.replies, strict=True):
-                if future is not None and not future.done():
-                    future.set_result(reply)
-            store.record_success()
+        if error is not None:
+            self._lost(batch, error)
+        elif any(type(reply) is ReplyError for reply in batch.replies):
+            self._replied_with_errors(batch)
+        else:  # the common case: every script answered
+            self._deliver(batch.futures, batch.replies)
+            self._store.record_success()
             self._in_flight -= 1
             if self._pending:
                 self._flush()
-            return
-        if error is not None and store.closed:
+
+    def _lost(self, batch: Batch, error: BaseException) -> None:
+        self._in_flight -= 1
+        if self._store.closed:
             for future in batch.futures:
                 if future is not None:
                     future.cancel()  # not Redis' fault: nothing to count or report
             return
-        if error is not None:
-            if isinstance(error, LaneLost) and batch.reused:
-                # An idle socket Redis closed (a restart, an idle timeout): send
-                # once more on a fresh connection. Should Redis have run the
-                # scripts before the socket died, they run twice: counts err on
-                # the side of denying.
-                self._in_flight -= 1
-                self._pending[:0] = [
-                    (payload, future)
-                    for payload, future in zip(batch.payloads, batch.futures, strict=True)
-                    if future is not None
-                ]
-                self._flush()
-                return
+        if isinstance(error, LaneLost) and batch.reused:
+            # An idle socket Redis closed (a restart, an idle timeout): send once
+            # more on a fresh connection. Should Redis have run the scripts before
+            # the socket died, they run twice: counts err on the side of denying.
+            self._pending[:0] = [
+                (payload, future)
+                for payload, future in zip(batch.payloads, batch.futures, strict=True)
+                if future is not None
+            ]
+        else:
             self._fail(batch.futures, error)
-            self._in_flight -= 1
-            self._flush()
-            return
+        self._flush()
+
+    def _replied_with_errors(self, batch: Batch) -> None:
+        store = self._store
         replies = batch.replies
         missing = [i for i, reply in enumerate(replies) if _code(reply) == "NOSCRIPT"]
-        if missing and self._lane is not None and not self._lane.closed:
+        lane = self._lane
+        if missing and lane is not None and not lane.closed:
             # After SCRIPT FLUSH or a restart: load the script and re-send the
             # affected calls, in one write (Redis runs them in order).
             log.info("loading check.lua into Redis (NOSCRIPT)")
@@ -232,6 +232,7 @@ class _Node:
                         answers = [loaded] * len(retry)
                     self._deliver(retry, answers)
                     store.record_success()
+                    _drop_if_read_only(lane, answers)
                 self._in_flight -= 1
                 self._flush()
 
@@ -240,17 +241,17 @@ class _Node:
                 [r for i, r in enumerate(replies) if i not in missing],
             )
             self._send(
-                self._lane,
+                lane,
                 [_LOAD_SCRIPT, *(batch.payloads[i] for i in missing)],
                 [None, *retry],
                 reloaded,
             )
             return
+        # Other errors are one script's answer each (RedisStore._results reads them).
         self._deliver(batch.futures, replies)
         store.record_success()
-        if any(_code(reply) == "READONLY" for reply in replies) and self._lane is not None:
-            # A failed-over master: reconnect so Sentinel names the new one.
-            self._lane.fail(LaneLost("Redis is a read-only replica now"))
+        if lane is not None:
+            _drop_if_read_only(lane, replies)
         self._in_flight -= 1
         self._flush()
 
@@ -305,6 +306,13 @@ class _Node:
             self._lane.fail(LaneLost("the store is closing"))
         if self._connection is not None:
             await _drop(self._connection)
+
+
+def _drop_if_read_only(lane: Lane, replies: Sequence[Any]) -> None:
+    """A failed-over master answers READONLY: close the connection, so the next
+    Check dials again and Sentinel names the new master."""
+    if any(_code(reply) == "READONLY" for reply in replies):
+        lane.fail(LaneLost("Redis is a read-only replica now"))
 
 
 def _code(reply: Any) -> str | None:

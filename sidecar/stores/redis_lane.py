@@ -91,6 +91,8 @@ class Lane(asyncio.Protocol):
                     batches.popleft()
                     self.answered = True
                     batch.on_done(batch, None)
+                    if self.closed:
+                        return  # on_done failed the lane (a READONLY master)
                 reply = reader.gets()
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(LaneLost(f"unreadable reply from Redis: {exc!r}"))

@@ -474,3 +474,36 @@ async def test_rediss_carries_the_scripts_over_tls(tmp_path: Path) -> None:
         finally:
             await store.close()
         assert server.command("EXISTS", keys.limit_key(POLICY, "tls-3", "ip=192.0.2.1")) == "1"
+
+
+async def test_a_read_only_replica_is_unavailable_until_it_is_promoted(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A failed-over master answers READONLY: that Check fails (failureMode then
+    applies) and the store dials again, so the next Check reaches whatever the
+    address serves now (with Sentinel: the new master)."""
+    replica_of = ("--replicaof", own_redis.host, str(own_redis.port))
+    with RedisServer(tmp_path, extra_args=replica_of, name="replica") as replica:
+        store = redis_store(replica, command_timeout_ms=2000)
+        try:
+            # The script is not loaded there yet: NOSCRIPT, load, then READONLY.
+            with pytest.raises(StoreUnavailable, match="READONLY"):
+                await store.execute(twenty("replica"))
+            with pytest.raises(StoreUnavailable, match="READONLY"):
+                await store.execute(twenty("replica"))
+            dialled = _connections_received(replica)
+            replica.command("REPLICAOF", "NO", "ONE")
+            (result,) = await store.execute(twenty("replica"))
+            assert isinstance(result, LimitResult)
+            assert result.allowed
+            # A new connection (and redis-cli's two: REPLICAOF, INFO).
+            assert _connections_received(replica) == dialled + 3
+        finally:
+            await store.close()
+
+
+def _connections_received(server: RedisServer) -> int:
+    for line in server.command("INFO", "stats").splitlines():
+        if line.startswith("total_connections_received:"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError("INFO stats has no total_connections_received")

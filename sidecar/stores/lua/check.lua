@@ -25,7 +25,8 @@
 -- number stays below 2^53, so a double holds it exactly, and packing costs no
 -- number formatting or parsing (which was a tenth of this script's time). States
 -- an earlier version wrote as text ("window count previous", "tat") are still
--- read, so replicas of both versions share counts during a rolling upgrade.
+-- read, so upgraded replicas keep counting where the old ones were; an earlier
+-- version that reads a packed state starts that window afresh.
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allow writes after TIME

@@ -301,7 +301,7 @@ def _sidecar(
         yield Authorizer(sidecar.grpc_ports, {sidecar.process.pid}, metrics=sidecar.metrics)
 
 
-def _redis_info(redis_url: str, section: str) -> Any:
+def redis_info(redis_url: str, section: str) -> Any:
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -314,12 +314,12 @@ def _redis_info(redis_url: str, section: str) -> Any:
 def redis_session(redis_url: str) -> set[int]:
     """The redis-server's session (started by ``start_process``: its own, id = its pid),
     so that its CPU is accounted for and not taken for other load."""
-    return {int(_redis_info(redis_url, "server")["process_id"])}
+    return {int(redis_info(redis_url, "server")["process_id"])}
 
 
 def redis_command_calls(redis_url: str) -> dict[str, int]:
     """Calls per command since the server started (``INFO commandstats``)."""
-    stats = _redis_info(redis_url, "commandstats")
+    stats = redis_info(redis_url, "commandstats")
     return {
         name.removeprefix("cmdstat_"): int(values["calls"])
         for name, values in stats.items()
@@ -329,7 +329,7 @@ def redis_command_calls(redis_url: str) -> dict[str, int]:
 
 def redis_reads(redis_url: str) -> int:
     """Socket reads redis-server has processed since it started (``INFO stats``)."""
-    return int(_redis_info(redis_url, "stats")["total_reads_processed"])
+    return int(redis_info(redis_url, "stats")["total_reads_processed"])
 
 
 def _calls_per_request(

@@ -32,14 +32,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.grpc_load import process_cpu_seconds
+from bench.run import redis_info
 from bench.store_bench import busy_plan, redis_server
 from sidecar.stores.plan_codec import PlanCodec, command
-
-CHECK_LUA = Path(__file__).resolve().parent.parent / "sidecar" / "stores" / "lua" / "check.lua"
+from sidecar.stores.redis import SCRIPT
 
 
 class Connection:
     def __init__(self, url: str) -> None:
+        self.url = url
         host, port = url.removeprefix("redis://").split("/", 1)[0].rsplit(":", 1)
         self._sock = socket.create_connection((host, int(port)))
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -56,15 +57,6 @@ class Connection:
             self._reader.feed(self._sock.recv(65536))
 
 
-def usec_per_call(conn: Connection, name: str) -> float:
-    info = conn.call(command(b"INFO", b"commandstats"))
-    assert isinstance(info, bytes)
-    for line in info.decode().splitlines():
-        if line.startswith(f"cmdstat_{name}:"):
-            return float(line.split("usec_per_call=", 1)[1].split(",", 1)[0])
-    return 0.0
-
-
 def measure(
     conn: Connection, pid: int, name: str, requests: list[bytes], count: int
 ) -> tuple[float, float]:
@@ -76,7 +68,8 @@ def measure(
     for index in range(count):
         conn.call(requests[index % len(requests)])
     cpu = process_cpu_seconds(pid) - before
-    return cpu / count * 1e6, usec_per_call(conn, name)
+    own = redis_info(conn.url, "commandstats")[f"cmdstat_{name}"]["usec_per_call"]
+    return cpu / count * 1e6, float(own)
 
 
 def main() -> None:
@@ -90,20 +83,18 @@ def main() -> None:
 
     with redis_server() as url:
         conn = Connection(url)
-        info = conn.call(command(b"INFO", b"server"))
-        assert isinstance(info, bytes)
-        pid = int(info.decode().split("process_id:", 1)[1].split()[0])
+        pid = int(redis_info(url, "server")["process_id"])
         conn.call(command(b"SET", b"bench:plain", b"1"))
         cases: list[tuple[str, str, list[bytes]]] = [
             ("GET", "get", [command(b"GET", b"bench:plain")])
         ]
-        for path in [CHECK_LUA, *args.script]:
-            source = path.read_bytes()
+        scripts = [("check.lua", SCRIPT)] + [(p.name, p.read_bytes()) for p in args.script]
+        for script_name, source in scripts:
             sha = conn.call(command(b"SCRIPT", b"LOAD", source))
             assert isinstance(sha, bytes)
             codec = PlanCodec(sha.decode())
             plans = [codec.encode(busy_plan(i).operations, False) for i in range(64)]
-            cases.append((f"EVALSHA {path.name}", "evalsha", plans))
+            cases.append((f"EVALSHA {script_name}", "evalsha", plans))
         print(
             f"{args.requests} requests, one at a time, median of {args.repeats}, "
             f"redis-server {pid} at {url}"

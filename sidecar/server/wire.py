@@ -30,10 +30,24 @@ OVERWRITE_IF_EXISTS_OR_ADD = 2  # HeaderValueOption.HeaderAppendAction
 # -- messages ------------------------------------------------------------------------
 
 
+# The fixed bytes of a HeaderValueOption: HeaderValueOption.header's tag, the
+# HeaderValue key/value tags and the append action. Precomputed because RateLimit
+# values change on every request, so every rate-limited allow encodes its headers.
+_OPTION_HEADER_TAG = varint(1 << 3 | WIRE_LEN)
+_KEY_TAG = varint(1 << 3 | WIRE_LEN)
+_VALUE_TAG = varint(2 << 3 | WIRE_LEN)
+_OVERWRITE = int_field(3, OVERWRITE_IF_EXISTS_OR_ADD)
+
+
 def header_option(key: str, value: str) -> bytes:
     """HeaderValueOption{header: HeaderValue{key, value}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}."""
-    header = string(1, key) + string(2, value)
-    return length_delimited(1, header) + int_field(3, OVERWRITE_IF_EXISTS_OR_ADD)
+    header = (
+        _KEY_TAG
+        + prefixed(key.encode("utf-8", "replace"))
+        + _VALUE_TAG
+        + prefixed(value.encode("utf-8", "replace"))
+    )
+    return _OPTION_HEADER_TAG + prefixed(header) + _OVERWRITE
 
 
 def rpc_status(code: int) -> bytes:
@@ -71,30 +85,12 @@ def headers_to_remove(names: Iterable[str]) -> bytes:
     return b"".join(string(OK_HEADERS_TO_REMOVE, name) for name in names)
 
 
-# The fixed bytes around one OkHttpResponse.response_headers_to_add entry: the
-# field's tag, HeaderValueOption.header's tag, and HeaderValue key/value tags.
 _RESPONSE_HEADER_TAG = varint(OK_RESPONSE_HEADERS_TO_ADD << 3 | WIRE_LEN)
-_OPTION_HEADER_TAG = varint(1 << 3 | WIRE_LEN)
-_KEY_TAG = varint(1 << 3 | WIRE_LEN)
-_VALUE_TAG = varint(2 << 3 | WIRE_LEN)
-_OVERWRITE = int_field(3, OVERWRITE_IF_EXISTS_OR_ADD)
 
 
 def response_headers_to_add(headers: Iterable[tuple[str, str]]) -> bytes:
-    """OkHttpResponse.response_headers_to_add: set each header on the client's response.
-
-    Written out by hand (the same bytes as ``header_option``): RateLimit values
-    change on every request, so this runs on every rate-limited allow."""
-    out = b""
-    for key, value in headers:
-        header = (
-            _KEY_TAG
-            + prefixed(key.encode("utf-8", "replace"))
-            + _VALUE_TAG
-            + prefixed(value.encode("utf-8", "replace"))
-        )
-        out += _RESPONSE_HEADER_TAG + prefixed(_OPTION_HEADER_TAG + prefixed(header) + _OVERWRITE)
-    return out
+    """OkHttpResponse.response_headers_to_add: set each header on the client's response."""
+    return b"".join(_RESPONSE_HEADER_TAG + prefixed(header_option(k, v)) for k, v in headers)
 
 
 def check_response(status_code: int, body_field: int, body: bytes, metadata: bytes) -> bytes:

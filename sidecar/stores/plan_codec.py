@@ -119,7 +119,7 @@ class PlanCodec:
             [
                 b"*%d\r\n" % (3 + len(keys) + nargs),
                 self._prefix,
-                b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)),
+                bulk(b"%d" % len(keys)),
                 *[b"$%d\r\n%b\r\n" % (len(key), key) for key in encoded],
                 *parts,
             ]

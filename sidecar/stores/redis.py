@@ -177,8 +177,6 @@ class _Node:
 
     def _answered(self, batch: Batch, error: BaseException | None) -> None:
         """A batch of scripts came back (or its lane failed)."""
-        if batch.timer is not None:
-            batch.timer.cancel()
         if error is not None:
             self._lost(batch, error)
         elif any(type(reply) is ReplyError for reply in batch.replies):
@@ -222,8 +220,6 @@ class _Node:
             retry = [batch.futures[i] for i in missing]
 
             def reloaded(again: Batch, error: BaseException | None) -> None:
-                if again.timer is not None:
-                    again.timer.cancel()
                 if error is not None:
                     self._fail(retry, error)
                 else:

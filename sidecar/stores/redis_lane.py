@@ -38,7 +38,8 @@ class LaneLost(ConnectionError):
 
 class Batch:
     """Commands written together; ``on_done(batch, error)`` once every reply is in
-    (``error`` None) or the lane failed first (``replies`` then incomplete)."""
+    (``error`` None) or the lane failed first (``replies`` then incomplete). The
+    lane cancels ``timer`` (the caller's deadline for the batch) before that call."""
 
     __slots__ = ("futures", "on_done", "payloads", "replies", "reused", "timer")
 
@@ -71,7 +72,7 @@ class Lane(asyncio.Protocol):
 
     def send(self, batch: Batch) -> None:
         if self.closed:
-            batch.on_done(batch, LaneLost("the Redis connection is closed"))
+            _finish(batch, LaneLost("the Redis connection is closed"))
             return
         batch.reused = self.answered
         self._batches.append(batch)
@@ -90,7 +91,7 @@ class Lane(asyncio.Protocol):
                 if len(replies) == len(batch.payloads):
                     batches.popleft()
                     self.answered = True
-                    batch.on_done(batch, None)
+                    _finish(batch, None)
                     if self.closed:
                         return  # on_done failed the lane (a READONLY master)
                 reply = reader.gets()
@@ -112,4 +113,10 @@ class Lane(asyncio.Protocol):
         self.closed = True
         batches, self._batches = self._batches, deque()
         for batch in batches:
-            batch.on_done(batch, error)
+            _finish(batch, error)
+
+
+def _finish(batch: Batch, error: BaseException | None) -> None:
+    if batch.timer is not None:
+        batch.timer.cancel()
+    batch.on_done(batch, error)
